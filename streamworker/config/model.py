@@ -1,0 +1,98 @@
+"""The validated, typed form of a function.yaml that the rest of streamworker codes against.
+
+Everything here is a frozen dataclass with plain values: durations are float seconds, sizes are int
+bytes, and mappings are plain dicts (not ``MappingProxyType``) so that ``dataclasses.asdict``,
+``copy.deepcopy`` and pickling keep working when a config is handed to another process. Mapping
+fields are excluded from hashing so the frozen dataclasses stay hashable.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class AllocationMode(enum.StrEnum):
+    """How records of a partition are spread over a trigger's workers (Nuclio's workerAllocationMode)."""
+
+    POOL = "pool"  # any free worker takes the next record of a partition
+    STATIC = "static"  # partition i always goes to worker i mod numWorkers
+
+
+class BalanceStrategy(enum.StrEnum):
+    """librdkafka's partition.assignment.strategy."""
+
+    RANGE = "range"
+    ROUNDROBIN = "roundrobin"
+    COOPERATIVE_STICKY = "cooperative-sticky"
+
+
+class InitialOffset(enum.StrEnum):
+    """Where a consumer group without a committed offset starts (librdkafka's auto.offset.reset)."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class HandlerRef:
+    """A handler given as ``"pkg.mod:function"``."""
+
+    module: str
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.function}"
+
+
+@dataclass(frozen=True)
+class KafkaAttributes:
+    """``spec.triggers.<name>.attributes`` of a kafka-cluster trigger. Durations are in seconds."""
+
+    brokers: tuple[str, ...]
+    topics: tuple[str, ...]
+    consumer_group: str
+    initial_offset: InitialOffset = InitialOffset.EARLIEST
+    worker_allocation_mode: AllocationMode = AllocationMode.POOL
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 3.0
+    max_poll_interval: float = 300.0
+    max_wait_handler_during_rebalance: float = 5.0
+    balance_strategy: BalanceStrategy = BalanceStrategy.COOPERATIVE_STICKY
+    max_retries: int = 3
+    retry_backoff: float = 0.5
+    retry_max_backoff: float = 30.0
+    max_buffered_records: int = 10000
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """One ``spec.triggers.<name>`` entry. ``kind`` is always ``"kafka-cluster"``."""
+
+    name: str
+    kind: str
+    num_workers: int
+    worker_termination_timeout: float
+    attributes: KafkaAttributes
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """A whole function.yaml."""
+
+    path: Path  # absolute path of the config file
+    name: str
+    handler: HandlerRef
+    runtime: str | None
+    event_timeout: float | None
+    env: Mapping[str, str] = field(hash=False)  # in file order
+    triggers: tuple[TriggerConfig, ...]  # every kafka-cluster trigger, in file order
+
+    @property
+    def code_dir(self) -> Path:
+        """The folder the handler's module path is relative to (Nuclio puts it first on sys.path)."""
+        return self.path.parent

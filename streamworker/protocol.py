@@ -1,0 +1,217 @@
+"""The wire protocol between the supervisor and its worker processes.
+
+Every message is one *frame*: a 4-byte big-endian length followed by that many bytes of msgpack.
+The msgpack value is an array whose first element is a message-type code (``Msg``). Events travel in
+batches (many events per frame, many results per reply) so that pipe round trips do not bound
+throughput; a worker still runs one handler call at a time.
+
+Supervisor -> worker
+    [INIT, {WorkerInit fields}]                    first frame, exactly once
+    [EVENTS, [event, ...]]                         event = WireEvent as a list (see ``EVENT_FIELDS``)
+    [DRAIN, request_id]                            run drain callbacks, answer DRAINED
+    [TERMINATE]                                    run termination callbacks, answer TERMINATED, exit 0
+
+Worker -> supervisor
+    [READY, {"pid": int}]                          handler imported and init_context done
+    [INIT_FAILED, {"error_type", "message", "traceback"}]   then the worker exits non-zero
+    [RESULTS, [[seq, status, duration_s, error_type, error_message], ...]]
+    [DRAINED, request_id]
+    [TERMINATED]
+    [ACKS, [[topic, partition, offset], ...]]      explicit acks made by handlers
+
+Plain tuples/lists are used on the hot path on purpose: building dataclasses per record would cost
+more than the whole pipe transfer.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import struct
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+
+
+class Msg(enum.IntEnum):
+    INIT = 0
+    EVENTS = 1
+    DRAIN = 2
+    TERMINATE = 3
+    READY = 10
+    INIT_FAILED = 11
+    RESULTS = 12
+    DRAINED = 13
+    TERMINATED = 14
+    ACKS = 15
+
+
+class Status(enum.IntEnum):
+    """Outcome of one event, as reported in a RESULTS frame."""
+
+    OK = 0
+    ERROR = 1
+    # Not run: an earlier event of the same lane failed in this worker, so running this one would
+    # break the lane's order. The supervisor puts it back in front of the lane's queue.
+    DEFERRED = 2
+    # Handler returned a response marked no-ack (explicit ack mode): ran fine, but not done yet.
+    NO_ACK = 3
+
+
+# Position of each field in a wire event (a msgpack array). ``lane`` groups events that must run in
+# order (a partition, or a key of a partition); ``retry`` marks the re-sent head of a lane after a
+# failure, which lifts the worker's hold on that lane.
+EVENT_FIELDS = (
+    "seq",
+    "lane",
+    "topic",
+    "partition",
+    "offset",
+    "key",
+    "value",
+    "headers",
+    "timestamp_ms",
+    "attempt",
+    "retry",
+)
+(
+    F_SEQ,
+    F_LANE,
+    F_TOPIC,
+    F_PARTITION,
+    F_OFFSET,
+    F_KEY,
+    F_VALUE,
+    F_HEADERS,
+    F_TIMESTAMP_MS,
+    F_ATTEMPT,
+    F_RETRY,
+) = range(len(EVENT_FIELDS))
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    """Everything a worker needs to load and run the handler; sent as the INIT frame."""
+
+    handler: str  # "package.module:function"
+    code_dir: str  # goes first on sys.path
+    worker_id: int
+    trigger_name: str
+    trigger_kind: str
+    function_name: str
+    decode_strings: bool
+    log_level: str = "info"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> WorkerInit:
+        return cls(**data)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+def encode(message: list[Any] | tuple[Any, ...]) -> bytes:
+    """One complete frame (length prefix included) for ``message``."""
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+class FrameReader:
+    """Incremental frame decoder: feed it bytes as they arrive, take whole messages out."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        self._buffer += data
+        messages: list[list[Any]] = []
+        view = self._buffer
+        start = 0
+        while len(view) - start >= HEADER.size:
+            (length,) = HEADER.unpack_from(view, start)
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+            end = start + HEADER.size + length
+            if len(view) < end:
+                break
+            messages.append(msgpack.unpackb(bytes(view[start + HEADER.size : end]), raw=False, use_list=True))
+            start = end
+        if start:
+            del self._buffer[:start]
+        return messages
+
+
+class FrameWriter:
+    """Buffers outgoing frames for a non-blocking file descriptor.
+
+    The supervisor's loop must never block on a worker that is busy and not reading, so writes go
+    through this buffer and are flushed whenever the descriptor is writable.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._chunks: deque[memoryview] = deque()
+        self.pending_bytes = 0
+
+    def queue(self, frame: bytes) -> None:
+        self._chunks.append(memoryview(frame))
+        self.pending_bytes += len(frame)
+
+    def flush(self) -> bool:
+        """Write as much as the pipe takes now. True when everything was written."""
+        while self._chunks:
+            chunk = self._chunks[0]
+            try:
+                written = os.write(self._fd, chunk)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    return False
+                raise
+            self.pending_bytes -= written
+            if written == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[written:]
+        return True
+
+    @property
+    def empty(self) -> bool:
+        return not self._chunks
+
+
+def read_available(fd: int, reader: FrameReader, chunk_size: int = 1 << 20) -> tuple[list[list[Any]], bool]:
+    """Read what a non-blocking ``fd`` has now and decode whole frames.
+
+    Returns the decoded messages and whether end of file was reached (the peer closed or died).
+    """
+    messages: list[list[Any]] = []
+    while True:
+        try:
+            data = os.read(fd, chunk_size)
+        except BlockingIOError:
+            return messages, False
+        if not data:
+            return messages, True
+        messages.extend(reader.feed(data))
+        if len(data) < chunk_size:
+            return messages, False
+
+
+def write_all_blocking(fd: int, frame: bytes) -> None:
+    """Write a whole frame to a blocking descriptor (the worker side uses blocking pipes)."""
+    view = memoryview(frame)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,446 @@
+"""Dispatch decisions: which buffered record goes to which worker, and what a completion means.
+
+Pure logic, no I/O: the trigger runner feeds it fetched records, worker results and the clock, and
+carries out what it returns (send frames, pause/resume partitions, commit positions).
+
+Vocabulary
+- A **lane** is a sequence of records that must run one after another, in offset order: a whole
+  partition in ``pool`` and ``static`` mode. A lane is bound to one worker while any of its records
+  is queued there, so its records queue behind each other on that worker and order holds while
+  several records per worker are in flight (the pipelining window).
+- A worker handles its queue in order and reports results in order. When a record fails, the
+  worker *holds* its lane: later records of that lane it already has come back DEFERRED, unrun.
+  The supervisor re-sends the failed record (flagged ``retry``, which lifts the hold) after its
+  backoff, followed by the deferred ones.
+- Records are wire events (lists, see ``protocol.EVENT_FIELDS``) from fetch to completion: no
+  per-record objects besides the list that is sent anyway.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamworker.config.model import AllocationMode
+from streamworker.protocol import (
+    F_ATTEMPT,
+    F_KEY,
+    F_LANE,
+    F_OFFSET,
+    F_PARTITION,
+    F_RETRY,
+    F_SEQ,
+    F_TOPIC,
+    F_VALUE,
+    Status,
+)
+from streamworker.supervisor.offsets import PartitionOffsets
+
+Record = list[Any]
+TopicPartition = tuple[str, int]
+# (seq, status, duration_s, error_type, error_message) as sent by a worker
+Result = list[Any]
+
+
+def record_size(record: Record) -> int:
+    value = record[F_VALUE]
+    key = record[F_KEY]
+    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    mode: AllocationMode
+    num_workers: int
+    # The pipelining window: events queued per worker beyond the one it is running.
+    window_events: int = 256
+    window_bytes: int = 8 * 1024 * 1024
+    # Most records one lane hands a worker per dispatch round, so one busy partition cannot fill
+    # every window before the others get a turn.
+    lane_batch: int = 64
+    max_buffered_records: int = 10_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt, for the runner to log and count."""
+
+    record: Record
+    error_type: str
+    error_message: str
+    retry_in: float
+
+
+class Lane:
+    __slots__ = (
+        "fixed_worker",
+        "hold",
+        "id",
+        "inflight",
+        "not_before",
+        "partition",
+        "pending",
+        "returned",
+        "worker",
+    )
+
+    def __init__(self, lane_id: int, partition: PartitionState, fixed_worker: int | None) -> None:
+        self.id = lane_id
+        self.partition = partition
+        self.pending: deque[Record] = deque()
+        self.fixed_worker = fixed_worker
+        self.worker: int | None = fixed_worker
+        self.inflight = 0
+        # Records the worker gave back (the failed one first, then the deferred ones), re-queued in
+        # front of ``pending`` once nothing of this lane is in flight any more.
+        self.returned: list[Record] = []
+        self.not_before = 0.0
+        # The bound worker holds this lane after a failure until it is sent a retry-flagged event.
+        self.hold = False
+
+
+class PartitionState:
+    __slots__ = ("buffered", "buffered_bytes", "lanes", "offsets", "paused", "revoking", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.offsets = PartitionOffsets()
+        self.lanes: list[Lane] = []
+        self.buffered = 0  # fetched and not done: pending, in flight or waiting for a retry
+        self.buffered_bytes = 0
+        self.paused = False
+        self.revoking = False
+
+    @property
+    def inflight(self) -> int:
+        return sum(lane.inflight for lane in self.lanes)
+
+
+@dataclass
+class WorkerSlot:
+    """The dispatcher's view of one worker: ready or not, and what is queued on it, in order."""
+
+    ready: bool = False
+    outstanding: deque[int] = field(default_factory=deque)
+    outstanding_bytes: int = 0
+
+    def free(self, settings: DispatchSettings) -> int:
+        if not self.ready or self.outstanding_bytes >= settings.window_bytes:
+            return 0
+        return settings.window_events - len(self.outstanding)
+
+
+class Dispatcher:
+    def __init__(self, settings: DispatchSettings, retry_delay: Callable[[int], float]) -> None:
+        self.settings = settings
+        self._retry_delay = retry_delay
+        self._partitions: dict[TopicPartition, PartitionState] = {}
+        self._lanes: dict[int, Lane] = {}
+        self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
+        self._inflight: dict[int, Record] = {}  # seq -> record queued on a worker
+        self._workers = [WorkerSlot() for _ in range(settings.num_workers)]
+        self._next_seq = 0
+        self._next_lane = 0
+
+    # -- assignment -------------------------------------------------------------------------
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            if tp in self._partitions:
+                continue
+            state = PartitionState(tp)
+            fixed = None
+            if self.settings.mode is AllocationMode.STATIC:
+                fixed = tp[1] % self.settings.num_workers
+            lane = Lane(self._next_lane, state, fixed)
+            self._next_lane += 1
+            state.lanes.append(lane)
+            self._lanes[lane.id] = lane
+            self._partitions[tp] = state
+
+    def begin_revoke(self, tps: Iterable[TopicPartition]) -> int:
+        """Stop dispatching ``tps`` and drop their undispatched records. Returns how many were dropped.
+
+        What is already queued on workers keeps running; the runner waits for it (bounded), commits,
+        then calls ``forget``.
+        """
+        dropped = 0
+        for tp in tps:
+            state = self._partitions.get(tp)
+            if state is None:
+                continue
+            state.revoking = True
+            for lane in state.lanes:
+                dropped += len(lane.pending) + len(lane.returned)
+                lane.pending.clear()
+                lane.returned.clear()
+                self._runnable.pop(lane.id, None)
+        return dropped
+
+    def inflight_in(self, tps: Iterable[TopicPartition]) -> int:
+        return sum(self._partitions[tp].inflight for tp in tps if tp in self._partitions)
+
+    def workers_busy_with(self, tps: Iterable[TopicPartition]) -> set[int]:
+        lanes = {lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes}
+        return {
+            wid
+            for wid, slot in enumerate(self._workers)
+            if any(self._inflight[seq][F_LANE] in lanes for seq in slot.outstanding if seq in self._inflight)
+        }
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Drop all state of partitions this member no longer owns. Late results are ignored."""
+        for tp in tps:
+            state = self._partitions.pop(tp, None)
+            if state is None:
+                continue
+            lane_ids = {lane.id for lane in state.lanes}
+            for lane_id in lane_ids:
+                self._lanes.pop(lane_id, None)
+                self._runnable.pop(lane_id, None)
+            for seq in [seq for seq, rec in self._inflight.items() if rec[F_LANE] in lane_ids]:
+                del self._inflight[seq]
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        return list(self._partitions)
+
+    # -- intake -----------------------------------------------------------------------------
+    def add(self, records: Iterable[Record]) -> int:
+        """Buffer fetched records. Records of partitions not (or no longer) owned are dropped."""
+        partitions = self._partitions
+        runnable = self._runnable
+        taken = 0
+        for record in records:
+            state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
+            if state is None or state.revoking:
+                continue
+            lane = state.lanes[0]
+            record[F_LANE] = lane.id
+            state.offsets.track(record[F_OFFSET])
+            state.buffered += 1
+            state.buffered_bytes += record_size(record)
+            lane.pending.append(record)
+            if lane.id not in runnable:
+                runnable[lane.id] = lane
+            taken += 1
+        return taken
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def take_dispatches(self, now: float) -> dict[int, list[Record]]:
+        """Move pending records into worker windows. Returns worker id -> events to send."""
+        out: dict[int, list[Record]] = {}
+        if not self._runnable:
+            return out
+        settings = self.settings
+        workers = self._workers
+        free = [slot.free(settings) for slot in workers]
+        if not any(f > 0 for f in free):
+            return out
+        emptied: list[int] = []
+        for lane in self._runnable.values():
+            if lane.returned or lane.not_before > now or (lane.hold and lane.inflight):
+                continue
+            wid = lane.worker
+            if wid is None:
+                wid = max(range(len(free)), key=free.__getitem__)
+            if free[wid] <= 0:
+                continue
+            count = min(free[wid], len(lane.pending), settings.lane_batch)
+            slot = workers[wid]
+            batch = out.setdefault(wid, [])
+            pending = lane.pending
+            for _ in range(count):
+                record = pending.popleft()
+                seq = self._next_seq
+                self._next_seq = seq + 1
+                record[F_SEQ] = seq
+                record[F_RETRY] = lane.hold
+                lane.hold = False
+                self._inflight[seq] = record
+                slot.outstanding.append(seq)
+                slot.outstanding_bytes += record_size(record)
+                batch.append(record)
+            free[wid] -= count
+            lane.inflight += count
+            lane.worker = wid
+            if not pending:
+                emptied.append(lane.id)
+        for lane_id in emptied:
+            del self._runnable[lane_id]
+        return out
+
+    # -- completions ------------------------------------------------------------------------
+    def complete(self, wid: int, results: Iterable[Result], now: float) -> list[Failure]:
+        """Apply a worker's results (in the order it ran them). Returns the failed attempts."""
+        slot = self._workers[wid]
+        failures: list[Failure] = []
+        touched: list[Lane] = []
+        for result in results:
+            seq = result[0]
+            # Results come in dispatch order, so the head of ``outstanding`` is this result's seq.
+            if slot.outstanding and slot.outstanding[0] == seq:
+                slot.outstanding.popleft()
+            else:
+                try:
+                    slot.outstanding.remove(seq)
+                except ValueError:
+                    pass
+            record = self._inflight.pop(seq, None)
+            if record is None:
+                continue  # its partition was revoked or lost meanwhile
+            slot.outstanding_bytes -= record_size(record)
+            lane = self._lanes[record[F_LANE]]
+            lane.inflight -= 1
+            status = result[1]
+            if status == Status.OK or status == Status.NO_ACK:
+                self._finish(lane.partition, record)
+            elif status == Status.DEFERRED:
+                lane.returned.append(record)
+            else:
+                failures.append(self._fail(lane, record, str(result[3]), str(result[4]), now))
+            if lane.inflight == 0:
+                touched.append(lane)
+        for lane in touched:
+            if lane.inflight == 0:
+                self._settle(lane)
+        if not slot.outstanding:
+            slot.outstanding_bytes = 0
+        return failures
+
+    def worker_lost(self, wid: int, reason: str, now: float) -> list[Failure]:
+        """A worker died or was killed. Its running record failed; the rest go back to their lanes."""
+        slot = self._workers[wid]
+        failures: list[Failure] = []
+        touched: list[Lane] = []
+        first = True
+        for seq in slot.outstanding:
+            record = self._inflight.pop(seq, None)
+            if record is None:
+                first = False
+                continue
+            lane = self._lanes[record[F_LANE]]
+            lane.inflight -= 1
+            if first:
+                failures.append(self._fail(lane, record, "WorkerLost", reason, now))
+            else:
+                lane.returned.append(record)
+            first = False
+            touched.append(lane)
+        slot.outstanding.clear()
+        slot.outstanding_bytes = 0
+        slot.ready = False
+        # The replacement process holds no lanes: nothing needs a retry flag, and pool lanes are free.
+        for lane in self._lanes.values():
+            if lane.worker == wid and lane.inflight == 0:
+                lane.hold = False
+                lane.worker = lane.fixed_worker
+        for lane in touched:
+            if lane.inflight == 0:
+                self._settle(lane)
+        return failures
+
+    def worker_ready(self, wid: int) -> None:
+        self._workers[wid].ready = True
+
+    def worker_busy(self, wid: int) -> bool:
+        return bool(self._workers[wid].outstanding)
+
+    def running_record(self, wid: int) -> Record | None:
+        """The record the worker is running now (the head of its queue), if any."""
+        for seq in self._workers[wid].outstanding:
+            return self._inflight.get(seq)
+        return None
+
+    def _finish(self, state: PartitionState, record: Record) -> None:
+        state.offsets.done(record[F_OFFSET])
+        state.buffered -= 1
+        state.buffered_bytes -= record_size(record)
+
+    def _fail(self, lane: Lane, record: Record, error_type: str, message: str, now: float) -> Failure:
+        attempt = record[F_ATTEMPT]
+        delay = self._retry_delay(attempt)
+        record[F_ATTEMPT] = attempt + 1
+        lane.returned.insert(0, record)
+        lane.not_before = now + delay
+        lane.hold = True
+        return Failure(record, error_type, message, delay)
+
+    def _settle(self, lane: Lane) -> None:
+        """Nothing of this lane is in flight: re-queue what came back, release a free binding."""
+        if lane.returned:
+            lane.pending.extendleft(reversed(lane.returned))
+            lane.returned.clear()
+        if not lane.hold:
+            lane.worker = lane.fixed_worker
+        if lane.pending and not lane.partition.revoking:
+            self._runnable.setdefault(lane.id, lane)
+
+    # -- flow control and commits -----------------------------------------------------------
+    def flow_control(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """Partitions to pause (buffer full) and to resume (drained below half)."""
+        settings = self.settings
+        pause: list[TopicPartition] = []
+        resume: list[TopicPartition] = []
+        for tp, state in self._partitions.items():
+            full = (
+                state.buffered >= settings.max_buffered_records
+                or state.buffered_bytes >= settings.max_buffered_bytes
+            )
+            if full and not state.paused:
+                state.paused = True
+                pause.append(tp)
+            elif state.paused and not full:
+                low = (
+                    state.buffered <= settings.max_buffered_records // 2
+                    and state.buffered_bytes <= settings.max_buffered_bytes // 2
+                )
+                if low:
+                    state.paused = False
+                    resume.append(tp)
+        return pause, resume
+
+    def commit_positions(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Positions that moved since the last commit (of all partitions, or of ``tps``)."""
+        positions: dict[TopicPartition, int] = {}
+        states = (
+            self._partitions.values()
+            if tps is None
+            else [self._partitions[tp] for tp in tps if tp in self._partitions]
+        )
+        for state in states:
+            position = state.offsets.pending_commit()
+            if position is not None:
+                positions[state.tp] = position
+        return positions
+
+    def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
+        for tp, position in positions.items():
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.offsets.committed = position
+
+    def forget_committed(self, tps: Iterable[TopicPartition]) -> None:
+        """A commit failed: make these positions count as uncommitted so the next round retries."""
+        for tp in tps:
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.offsets.committed = None
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def inflight_total(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def has_runnable(self) -> bool:
+        return bool(self._runnable)
+
+    def next_retry_at(self) -> float | None:
+        times = [lane.not_before for lane in self._runnable.values() if lane.not_before and not lane.inflight]
+        return min(times) if times else None
+
+    def buffered_total(self) -> int:
+        return sum(state.buffered for state in self._partitions.values())

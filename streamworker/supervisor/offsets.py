@@ -1,0 +1,60 @@
+"""Which offset of a partition may be committed: pure bookkeeping, no Kafka here.
+
+The rule: a partition's commit position is the lowest offset that was fetched and is not done yet
+(or one past the last fetched offset when everything is done). So an offset is committed only once
+its record and every earlier fetched record of the partition are done, whatever order completions
+arrive in. Offsets may have gaps (compaction, transaction markers); only fetched offsets count.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionOffsets:
+    """Outstanding and completed offsets of one partition, in fetch order."""
+
+    __slots__ = ("_done", "_next", "_outstanding", "committed")
+
+    def __init__(self) -> None:
+        self._outstanding: deque[int] = deque()
+        self._done: set[int] = set()
+        self._next: int | None = None  # one past the last fetched offset
+        # The last position handed to Kafka as committed (None: nothing committed by us yet).
+        self.committed: int | None = None
+
+    def track(self, offset: int) -> None:
+        """A record was fetched. Offsets of one partition arrive in increasing order."""
+        if self._next is not None and offset < self._next:
+            raise ValueError(f"offset {offset} fetched after {self._next - 1}: fetch order must increase")
+        self._outstanding.append(offset)
+        self._next = offset + 1
+
+    def done(self, offset: int) -> None:
+        """The record at ``offset`` is finished (handled, dead-lettered or deliberately skipped)."""
+        outstanding = self._outstanding
+        if outstanding and outstanding[0] == offset:
+            outstanding.popleft()
+            done = self._done
+            while outstanding and outstanding[0] in done:
+                done.discard(outstanding.popleft())
+        else:
+            self._done.add(offset)
+
+    def position(self) -> int | None:
+        """The offset to commit: the next record a new owner must process. None if nothing fetched."""
+        if self._outstanding:
+            return self._outstanding[0]
+        return self._next
+
+    def pending_commit(self) -> int | None:
+        """The position if it moved past what was last committed, else None."""
+        position = self.position()
+        if position is None or position == self.committed:
+            return None
+        return position
+
+    @property
+    def outstanding(self) -> int:
+        """How many fetched records are not done yet."""
+        return len(self._outstanding)

@@ -1,0 +1,571 @@
+"""One trigger at run time: its consumer, its worker processes and the loop that joins them.
+
+The loop is single-threaded and never blocks on a worker: it alternates between fetching from Kafka
+(``consume``, which also runs the rebalance callbacks), reading worker results from the pipes
+(``selectors``), handing buffered records to workers (the pure ``Dispatcher`` decides) and timers
+(commits, retries, timeouts, respawns). Waiting happens only where nothing else can be done: in
+``consume`` when no worker is busy, in ``select`` on the worker pipes when some are.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streamworker.config.kafka_settings import consumer_settings
+from streamworker.config.model import FunctionConfig, TriggerConfig
+from streamworker.observability.logging import get_logger
+from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, WorkerInit
+from streamworker.supervisor.backoff import Backoff
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, Record
+from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
+
+TP = tuple[str, int]
+
+# How long ``consume`` may block when no worker has anything to report.
+IDLE_POLL_SECONDS = 0.1
+# How long to wait on worker pipes when workers are busy and Kafka gave nothing.
+BUSY_WAIT_SECONDS = 0.005
+CONSUME_BATCH = 1000
+COMMIT_INTERVAL_SECONDS = 1.0
+# A worker that stayed up this long is healthy again: its crash-loop backoff starts over.
+STABLE_WORKER_SECONDS = 30.0
+
+
+class Outcome(enum.IntEnum):
+    """How a trigger runner ended; the CLI turns the worst one into the exit code."""
+
+    CLEAN = 0
+    FAILED = 1
+    HANDLER_LOAD_FAILED = 3
+
+
+class FatalTriggerError(Exception):
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass
+class WorkerSeat:
+    """A numbered place for a worker process; the process in it is replaced when it dies."""
+
+    worker_id: int
+    process: WorkerProcess | None = None
+    crashes: int = 0
+    respawn_at: float | None = None
+    ever_ready: bool = False
+
+
+@dataclass
+class RunnerOptions:
+    log_level: str = "info"
+    # Extra environment for workers on top of os.environ and spec.env (tests use it).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _decode_strings(env: Mapping[str, str]) -> bool:
+    flag = env.get("NUCLIO_PYTHON_DECODE_EVENT_STRINGS", "").strip().lower()
+    return flag not in {"no", "false", "disable", "disabled"}
+
+
+def _partition_list(partitions: list[TopicPartition]) -> list[TP]:
+    return [(p.topic, p.partition) for p in partitions]
+
+
+class TriggerRunner:
+    def __init__(
+        self,
+        function: FunctionConfig,
+        trigger: TriggerConfig,
+        stop: threading.Event,
+        options: RunnerOptions | None = None,
+    ) -> None:
+        self.function = function
+        self.trigger = trigger
+        self.attrs = trigger.attributes
+        self.stop = stop
+        self.options = options or RunnerOptions()
+        self.log = get_logger(trigger=trigger.name)
+        self.env = {**os.environ, **function.env, **self.options.extra_env}
+        self._retry_backoff = Backoff(self.attrs.retry_backoff, self.attrs.retry_max_backoff)
+        self._respawn_backoff = Backoff(0.5, 30.0)
+        self.dispatcher = Dispatcher(
+            DispatchSettings(
+                mode=self.attrs.worker_allocation_mode,
+                num_workers=trigger.num_workers,
+                max_buffered_records=self.attrs.max_buffered_records,
+                max_buffered_bytes=self.attrs.max_buffered_bytes,
+            ),
+            retry_delay=self._retry_backoff.delay,
+        )
+        self.seats = [WorkerSeat(i) for i in range(trigger.num_workers)]
+        self.selector = selectors.DefaultSelector()
+        self.consumer: Consumer | None = None
+        self._stopping = False
+        self._last_commit = 0.0
+        self._commit_failures: dict[TP, int] = {}
+
+    # -- worker management ------------------------------------------------------------------
+    def _worker_init(self, worker_id: int) -> WorkerInit:
+        return WorkerInit(
+            handler=str(self.function.handler),
+            code_dir=str(self.function.code_dir),
+            worker_id=worker_id,
+            trigger_name=self.trigger.name,
+            trigger_kind=self.trigger.kind,
+            function_name=self.function.name,
+            decode_strings=_decode_strings(self.env),
+            log_level=self.options.log_level,
+        )
+
+    def _spawn(self, seat: WorkerSeat) -> None:
+        process = WorkerProcess(seat.worker_id, self._worker_init(seat.worker_id), self.env)
+        seat.process = process
+        seat.respawn_at = None
+        self.selector.register(process.read_fd, selectors.EVENT_READ, seat)
+        self.log.info("worker started", worker=seat.worker_id, pid=process.pid)
+
+    def _on_worker_gone(self, seat: WorkerSeat, reason: str, now: float) -> None:
+        process = seat.process
+        assert process is not None
+        self.selector.unregister(process.read_fd)
+        stopping = process.state is WorkerState.STOPPING
+        code = process.reap(timeout=2.0)
+        seat.process = None
+        if stopping:
+            return
+        failures = self.dispatcher.worker_lost(seat.worker_id, reason, now)
+        for failure in failures:
+            self._log_failure(failure)
+        if now - process.started_at > STABLE_WORKER_SECONDS:
+            seat.crashes = 0
+        seat.crashes += 1
+        delay = self._respawn_backoff.delay(seat.crashes)
+        seat.respawn_at = now + delay if seat.crashes > 1 else now
+        self.log.error(
+            "worker died; replacing it",
+            worker=seat.worker_id,
+            pid=process.pid,
+            reason=reason,
+            exit=describe_exit(code),
+            crashes_in_a_row=seat.crashes,
+            respawn_in_s=round(seat.respawn_at - now, 3),
+        )
+
+    def _kill_worker(self, seat: WorkerSeat, reason: str) -> None:
+        """Kill a worker on purpose; the death is handled like any other when its pipe closes."""
+        if seat.process is not None:
+            self.log.warning("killing worker", worker=seat.worker_id, pid=seat.process.pid, reason=reason)
+            seat.process.kill_reason = reason
+            seat.process.kill()
+
+    def _handle_messages(self, seat: WorkerSeat, messages: list[list[Any]], now: float) -> None:
+        process = seat.process
+        assert process is not None
+        dispatcher = self.dispatcher
+        for message in messages:
+            kind = message[0]
+            if kind == Msg.RESULTS:
+                failures = dispatcher.complete(seat.worker_id, message[1], now)
+                process.busy_since = now
+                for failure in failures:
+                    self._log_failure(failure)
+            elif kind == Msg.READY:
+                process.state = WorkerState.READY
+                seat.ever_ready = True
+                dispatcher.worker_ready(seat.worker_id)
+                self.log.info("worker ready", worker=seat.worker_id, pid=process.pid)
+            elif kind == Msg.INIT_FAILED:
+                info = message[1]
+                text = f"{info.get('error_type')}: {info.get('message')}"
+                if not seat.ever_ready:
+                    raise FatalTriggerError(Outcome.HANDLER_LOAD_FAILED, text)
+                self.log.error("worker failed to start", worker=seat.worker_id, error=text)
+            elif kind == Msg.DRAINED:
+                process.drained.add(int(message[1]))
+            elif kind == Msg.TERMINATED:
+                process.terminated = True
+            elif kind == Msg.ACKS:
+                self.log.warning("explicit acks are not supported yet; ignored", count=len(message[1]))
+
+    def _pump(self, timeout: float) -> None:
+        """Read and apply whatever the workers sent, waiting at most ``timeout`` for the first frame."""
+        events = self.selector.select(timeout) if self.selector.get_map() else []
+        if not events:
+            return
+        now = time.monotonic()
+        for key, _ in events:
+            seat: WorkerSeat = key.data
+            process = seat.process
+            if process is None:
+                continue
+            messages, eof = process.receive()
+            if messages:
+                self._handle_messages(seat, messages, now)
+            if eof:
+                self._on_worker_gone(seat, process.kill_reason or "worker process exited", now)
+
+    def _dispatch(self, now: float) -> None:
+        batches = self.dispatcher.take_dispatches(now)
+        for wid, events in batches.items():
+            process = self.seats[wid].process
+            if process is None:  # cannot happen: the dispatcher only uses ready workers
+                continue
+            if not process.busy_since or now - process.busy_since > 0.5:
+                process.busy_since = now
+            process.send([Msg.EVENTS, events])
+
+    def _flush_writers(self) -> None:
+        for seat in self.seats:
+            if seat.process is not None and not seat.process.writer.empty:
+                seat.process.flush()
+
+    # -- failures ---------------------------------------------------------------------------
+    def _log_failure(self, failure: Failure) -> None:
+        record = failure.record
+        self.log.error(
+            "handler failed; will retry",
+            topic=record[F_TOPIC],
+            partition=record[F_PARTITION],
+            offset=record[F_OFFSET],
+            error_type=failure.error_type,
+            error=failure.error_message,
+            next_attempt=record[F_ATTEMPT],
+            retry_in_s=round(failure.retry_in, 3),
+        )
+
+    # -- Kafka ------------------------------------------------------------------------------
+    def _build_consumer(self) -> Consumer:
+        settings: dict[str, Any] = dict(consumer_settings(self.trigger, self.function.name))
+        settings["error_cb"] = self._on_kafka_error
+        settings["on_commit"] = self._on_commit
+        settings["logger"] = _librdkafka_logger(self.log)
+        try:
+            return Consumer(settings)
+        except KafkaException as exc:
+            raise FatalTriggerError(Outcome.FAILED, f"invalid Kafka client settings: {exc}") from exc
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        self.log.warning("kafka client error", error=error.str(), code=error.name(), fatal=error.fatal())
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None:
+            self.log.warning("commit failed; will retry", error=str(error))
+            for tp in _partition_list(partitions):
+                self._commit_failures[tp] = self._commit_failures.get(tp, 0) + 1
+            self.dispatcher.forget_committed(_partition_list(partitions))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _partition_list(partitions)
+        self.log.info("partitions assigned", partitions=_fmt(tps))
+        if not self._stopping:
+            self.dispatcher.assign(tps)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [tp for tp in _partition_list(partitions) if tp in set(self.dispatcher.partitions)]
+        if not tps:
+            return
+        started = time.monotonic()
+        dropped = self.dispatcher.begin_revoke(tps)
+        deadline = started + self.attrs.max_wait_handler_during_rebalance
+        self._wait_for_inflight(tps, deadline)
+        stuck = self.dispatcher.workers_busy_with(tps)
+        for wid in stuck:
+            self._kill_worker(self.seats[wid], "handler still running at the rebalance deadline")
+        if stuck:
+            self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        committed = self._commit(consumer, tps, synchronous=True)
+        self.dispatcher.forget(tps)
+        self.log.info(
+            "partitions revoked",
+            partitions=_fmt(tps),
+            dropped_buffered=dropped,
+            committed=committed,
+            killed_workers=sorted(stuck),
+            took_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _partition_list(partitions)
+        self.dispatcher.begin_revoke(tps)
+        self.dispatcher.forget(tps)
+        self.log.warning(
+            "partitions lost (session expired); nothing committed for them", partitions=_fmt(tps)
+        )
+
+    def _wait_for_inflight(self, tps: list[TP] | None, deadline: float) -> None:
+        """Keep serving workers (and other partitions) until ``tps`` have nothing in flight."""
+        dispatcher = self.dispatcher
+        while True:
+            remaining = dispatcher.inflight_total if tps is None else dispatcher.inflight_in(tps)
+            now = time.monotonic()
+            if not remaining or now >= deadline:
+                return
+            self._dispatch(now)
+            self._flush_writers()
+            self._pump(min(0.05, deadline - now))
+            self._respawn_due(time.monotonic())
+
+    def _wait_for_exit(self, worker_ids: set[int], deadline: float) -> None:
+        while time.monotonic() < deadline and any(self.seats[w].process is not None for w in worker_ids):
+            self._pump(0.05)
+
+    def _commit(self, consumer: Consumer, tps: list[TP] | None, synchronous: bool) -> dict[str, int]:
+        positions = self.dispatcher.commit_positions(tps)
+        if not positions:
+            return {}
+        offsets = [
+            TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()
+        ]
+        try:
+            if synchronous:
+                results = consumer.commit(offsets=offsets, asynchronous=False)
+                failed = [r for r in results if r.error is not None]
+                if failed:
+                    self.log.warning(
+                        "commit failed", errors=[f"{r.topic}/{r.partition}: {r.error}" for r in failed]
+                    )
+                    for r in failed:
+                        positions.pop((r.topic, r.partition), None)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self.log.warning("commit failed", error=str(exc), synchronous=synchronous)
+            return {}
+        self.dispatcher.mark_committed(positions)
+        return {f"{t}/{p}": o for (t, p), o in positions.items()}
+
+    def _ingest(self, messages: list[Message]) -> None:
+        records: list[Record] = []
+        append = records.append
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self.log.warning("fetch error", error=error.str(), topic=message.topic())
+                continue
+            ts_type, ts = message.timestamp()
+            append(
+                [
+                    0,
+                    0,
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.value(),
+                    message.headers(),
+                    ts if ts_type else None,
+                    1,
+                    False,
+                ]
+            )
+        self.dispatcher.add(records)
+
+    def _flow_control(self, consumer: Consumer) -> None:
+        pause, resume = self.dispatcher.flow_control()
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in pause])
+            self.log.info("buffer full; partitions paused", partitions=_fmt(pause))
+        if resume:
+            consumer.resume([TopicPartition(t, p) for t, p in resume])
+            self.log.info("buffer drained; partitions resumed", partitions=_fmt(resume))
+
+    # -- timers -----------------------------------------------------------------------------
+    def _respawn_due(self, now: float) -> None:
+        for seat in self.seats:
+            if seat.process is None and seat.respawn_at is not None and now >= seat.respawn_at:
+                self._spawn(seat)
+
+    def _check_event_timeouts(self, now: float) -> None:
+        timeout = self.function.event_timeout
+        if not timeout:
+            return
+        for seat in self.seats:
+            process = seat.process
+            if (
+                process is not None
+                and process.kill_reason is None
+                and self.dispatcher.worker_busy(seat.worker_id)
+                and now - process.busy_since > timeout
+            ):
+                self._kill_worker(seat, f"eventTimeout of {timeout}s elapsed")
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        try:
+            self._start_workers()
+            if self.stop.is_set():
+                self._terminate_workers(time.monotonic() + self.trigger.worker_termination_timeout)
+                return Outcome.CLEAN
+            consumer = self._build_consumer()
+            self.consumer = consumer
+            consumer.subscribe(
+                list(self.attrs.topics),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self.log.info(
+                "consuming",
+                topics=list(self.attrs.topics),
+                group=self.attrs.consumer_group,
+                workers=self.trigger.num_workers,
+                mode=self.attrs.worker_allocation_mode.value,
+            )
+            self._loop(consumer)
+            self._shutdown(consumer)
+            return Outcome.CLEAN
+        except FatalTriggerError as exc:
+            self.log.error("trigger failed", error=str(exc))
+            self._abort()
+            return exc.outcome
+        except Exception as exc:
+            self.log.exception("trigger crashed", error=f"{type(exc).__name__}: {exc}")
+            self._abort()
+            return Outcome.FAILED
+
+    def _start_workers(self) -> None:
+        for seat in self.seats:
+            self._spawn(seat)
+        while not self.stop.is_set() and not all(
+            s.process is not None and s.process.state is WorkerState.READY for s in self.seats
+        ):
+            self._pump(0.1)
+            for seat in self.seats:
+                if seat.process is None and not seat.ever_ready:
+                    raise FatalTriggerError(
+                        Outcome.HANDLER_LOAD_FAILED, f"worker {seat.worker_id} exited before it was ready"
+                    )
+            self._respawn_due(time.monotonic())
+
+    def _loop(self, consumer: Consumer) -> None:
+        dispatcher = self.dispatcher
+        next_timers = 0.0
+        while not self.stop.is_set():
+            busy = dispatcher.inflight_total > 0
+            timeout = 0.0 if busy or dispatcher.has_runnable else IDLE_POLL_SECONDS
+            messages = consumer.consume(CONSUME_BATCH, timeout)
+            now = time.monotonic()
+            if messages:
+                self._ingest(messages)
+                self._flow_control(consumer)
+            self._dispatch(now)
+            self._pump(0.0 if messages or not busy else BUSY_WAIT_SECONDS)
+            now = time.monotonic()
+            self._dispatch(now)
+            self._flush_writers()
+            if now >= next_timers:
+                next_timers = now + 0.05
+                self._flow_control(consumer)
+                self._respawn_due(now)
+                self._check_event_timeouts(now)
+                if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
+                    self._last_commit = now
+                    self._commit(consumer, None, synchronous=False)
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        """Stop fetching, finish in-flight events (bounded), commit, terminate workers, leave the group."""
+        self._stopping = True
+        started = time.monotonic()
+        assigned = self.dispatcher.partitions
+        self.log.info("stopping", partitions=_fmt(assigned), inflight=self.dispatcher.inflight_total)
+        if assigned:
+            try:
+                consumer.pause([TopicPartition(t, p) for t, p in assigned])
+            except KafkaException as exc:
+                self.log.warning("pause on shutdown failed", error=str(exc))
+        dropped = self.dispatcher.begin_revoke(assigned)
+        budget = self.trigger.worker_termination_timeout
+        self._wait_for_inflight(None, started + budget)
+        stuck = {s.worker_id for s in self.seats if self.dispatcher.worker_busy(s.worker_id)}
+        for wid in stuck:
+            self._kill_worker(self.seats[wid], "handler still running at workerTerminationTimeout")
+        if stuck:
+            self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        committed = self._commit(consumer, None, synchronous=True)
+        self._terminate_workers(time.monotonic() + budget)
+        consumer.close()
+        self.log.info(
+            "stopped",
+            dropped_buffered=dropped,
+            committed=committed,
+            killed_workers=sorted(stuck),
+            took_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _terminate_workers(self, deadline: float) -> None:
+        """Run every live worker's termination callback, then let it exit; kill what overstays."""
+        live = [s for s in self.seats if s.process is not None]
+        for seat in live:
+            assert seat.process is not None
+            seat.process.state = WorkerState.STOPPING
+            seat.process.send([Msg.TERMINATE])
+        while time.monotonic() < deadline and any(s.process is not None for s in live):
+            self._flush_writers()
+            self._pump(0.05)
+        for seat in live:
+            if seat.process is not None:
+                self.log.warning("worker did not stop in time; killing it", worker=seat.worker_id)
+                seat.process.kill()
+                self.selector.unregister(seat.process.read_fd)
+                seat.process.reap(timeout=5.0)
+                seat.process = None
+
+    def _abort(self) -> None:
+        """Fatal path: kill every worker, close the consumer without committing anything new."""
+        for seat in self.seats:
+            if seat.process is not None:
+                seat.process.kill()
+                try:
+                    self.selector.unregister(seat.process.read_fd)
+                except (KeyError, ValueError):
+                    pass
+                seat.process.reap(timeout=5.0)
+                seat.process = None
+        if self.consumer is not None:
+            self._stopping = True
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError):
+                pass
+
+    def kill_all_workers(self) -> None:
+        """Signal-handler safe: SIGKILL every worker process (forced exit)."""
+        for seat in self.seats:
+            process = seat.process
+            if process is not None:
+                process.kill()
+
+
+def _fmt(tps: list[TP]) -> list[str]:
+    return [f"{t}/{p}" for t, p in sorted(tps)]
+
+
+def _librdkafka_logger(log: Any) -> logging.Logger:
+    """A stdlib logger that forwards librdkafka's own log lines into our structured logs."""
+    logger = logging.getLogger(f"streamworker.librdkafka.{id(log)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        logger.addHandler(_StructlogForwarder(log.warning))
+    return logger
+
+
+class _StructlogForwarder(logging.Handler):
+    def __init__(self, emit: Callable[..., Any]) -> None:
+        super().__init__()
+        self._emit = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._emit("librdkafka", detail=record.getMessage(), level_name=record.levelname.lower())

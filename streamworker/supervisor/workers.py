@@ -1,0 +1,140 @@
+"""Worker processes as the supervisor sees them: spawn, talk in frames, notice death, kill.
+
+Each worker is ``python -m streamworker.worker`` with two pipes of its own (the descriptors are
+non-inheritable, so a worker never holds another worker's pipe open and a death shows up as end of
+file at once). The supervisor's ends are non-blocking: a busy worker that does not read can never
+stall the poll loop; outgoing frames wait in a ``FrameWriter``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from streamworker.protocol import FrameReader, FrameWriter, Msg, WorkerInit, encode, read_available
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # spawned, INIT sent, waiting for READY
+    READY = "ready"
+    STOPPING = "stopping"  # TERMINATE sent
+    DEAD = "dead"
+
+
+class WorkerProcess:
+    """One worker process and its two pipes."""
+
+    def __init__(self, worker_id: int, init: WorkerInit, env: Mapping[str, str]) -> None:
+        self.worker_id = worker_id
+        self.init = init
+        self.state = WorkerState.STARTING
+        self.started_at = time.monotonic()
+        # When the event at the head of this worker's queue started, near enough: the time the
+        # queue became non-empty or the last results arrived (results are flushed within ~10 ms).
+        self.busy_since = 0.0
+        self.drained: set[int] = set()
+        self.exit_code: int | None = None
+        # Set when the supervisor kills the worker on purpose, so the death is logged with the cause.
+        self.kill_reason: str | None = None
+        self.terminated = False
+        self._reader = FrameReader()
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            self.popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streamworker.worker",
+                    "--in-fd",
+                    str(to_child_r),
+                    "--out-fd",
+                    str(from_child_w),
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+                os.close(fd)
+            raise
+        os.close(to_child_r)
+        os.close(from_child_w)
+        os.set_blocking(to_child_w, False)
+        os.set_blocking(from_child_r, False)
+        self.read_fd = from_child_r
+        self.write_fd = to_child_w
+        self.writer = FrameWriter(to_child_w)
+        self.send([Msg.INIT, init.to_wire()])
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send(self, message: list[Any]) -> None:
+        """Queue a frame and write what the pipe takes now (never blocks)."""
+        if self.state is WorkerState.DEAD:
+            return
+        self.writer.queue(encode(message))
+        try:
+            self.writer.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the read side reports the death as end of file
+
+    def flush(self) -> None:
+        try:
+            self.writer.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def receive(self) -> tuple[list[list[Any]], bool]:
+        """Messages available now, and whether the worker has gone (end of file)."""
+        try:
+            return read_available(self.read_fd, self._reader)
+        except ConnectionResetError:
+            return [], True
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def reap(self, timeout: float = 5.0) -> int | None:
+        """Wait for the process to exit (after EOF it is gone or about to be) and close the pipes."""
+        try:
+            self.exit_code = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.exit_code = self.popen.wait()
+        self.close_pipes()
+        self.state = WorkerState.DEAD
+        return self.exit_code
+
+    def close_pipes(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.read_fd = self.write_fd = -1
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit code 3' or 'signal SIGKILL' for a Popen return code."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,473 @@
+"""The worker process: runs the user's handler on events sent by the supervisor.
+
+Started as ``python -m streamworker.worker --in-fd N --out-fd M``; the two descriptors are pipes to
+and from the supervisor carrying ``streamworker.protocol`` frames. See ``Worker`` for the behaviour.
+
+Exit codes: 0 after TERMINATE (or when the supervisor closed our input pipe), 2 protocol error,
+3 INIT_FAILED, 70 supervisor gone (parent changed, or our output pipe is broken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import inspect
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from streamworker.observability.logging import configure_logging, get_logger
+from streamworker.protocol import (
+    F_LANE,
+    F_RETRY,
+    F_SEQ,
+    FrameReader,
+    Msg,
+    ProtocolError,
+    Status,
+    WorkerInit,
+    encode,
+    read_available,
+    write_all_blocking,
+)
+from streamworker.worker.loader import INIT_CONTEXT_NAME, HandlerLoadError, LoadedHandler, load_handler
+from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
+
+__all__ = [
+    "EXIT_INIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PROTOCOL_ERROR",
+    "EXIT_SUPERVISOR_GONE",
+    "LOG_FORMAT_ENV_VAR",
+    "Worker",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_PROTOCOL_ERROR = 2
+EXIT_INIT_FAILED = 3
+EXIT_SUPERVISOR_GONE = 70
+
+# Log format of the worker ("json" or "console"); the supervisor may set it in the environment.
+LOG_FORMAT_ENV_VAR = "STREAMWORKER_LOG_FORMAT"
+
+# Results are sent when the local queue runs empty, or after this long / this many results.
+FLUSH_INTERVAL_S = 0.010
+FLUSH_MAX_RESULTS = 500
+# After TERMINATED, how long background tasks started by the handler may keep running.
+TASK_GRACE_S = 1.0
+PARENT_POLL_S = 0.5
+MAX_ERROR_MESSAGE = 1000
+
+_OK = int(Status.OK)
+_ERROR = int(Status.ERROR)
+_DEFERRED = int(Status.DEFERRED)
+_NO_ACK = int(Status.NO_ACK)
+_EVENTS = int(Msg.EVENTS)
+_DRAIN = int(Msg.DRAIN)
+_TERMINATE = int(Msg.TERMINATE)
+_INIT = int(Msg.INIT)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _SupervisorGone(Exception):
+    """Writing to the supervisor failed: it is not there any more."""
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the parent dies. Best effort; a no-op elsewhere.
+
+    Note: the signal fires when the parent *thread* that forked us exits, so the supervisor must
+    start workers from a thread that lives as long as it does (its main thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def start_parent_watchdog(parent_pid: int, interval: float = PARENT_POLL_S) -> threading.Thread:
+    """A daemon thread that exits the process (code 70) once our parent is no longer ``parent_pid``."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(EXIT_SUPERVISOR_GONE)
+
+    thread = threading.Thread(target=watch, name="streamworker-parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__ must not break the worker
+        text = f"<unprintable {type(exc).__name__}>"
+    return text[:MAX_ERROR_MESSAGE]
+
+
+class Worker:
+    """One worker: reads frames from ``in_fd``, writes frames to ``out_fd``.
+
+    Everything runs on one asyncio loop for the life of the process, so tasks a handler starts keep
+    running between events and while idle. Events run one at a time, in the order received; DRAIN and
+    TERMINATE take effect after the events received before them.
+    """
+
+    def __init__(self, in_fd: int, out_fd: int) -> None:
+        self._in_fd = in_fd
+        self._out_fd = out_fd
+        self._reader = FrameReader()
+        # Wire events (lists) and control items (tuples: (DRAIN, request_id) / (TERMINATE, None)).
+        self._inbox: deque[Any] = deque()
+        self._init_data: dict[str, Any] | None = None
+        self._eof = False
+        self._terminate_pending = False
+        self._reading = False
+        self._protocol_error: str | None = None
+        self._results: list[list[Any]] = []
+        # Explicit acks; a handler may make them from its own threads, hence the lock.
+        self._acks: list[list[Any]] = []
+        self._acks_lock = threading.Lock()
+        # Lanes in which an event failed here: later events of the lane are DEFERRED until the
+        # supervisor re-sends the failed one with retry=True.
+        self._held: set[Any] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._wakeup: asyncio.Event | None = None
+        self._log: Any = None
+        self.context: Context | None = None
+        self.loaded: LoadedHandler | None = None
+        self.trigger = TriggerInfo(kind="", name="")
+        self.decode_strings = True
+
+    # -- I/O ------------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            messages, eof = read_available(self._in_fd, self._reader)
+        except ProtocolError as exc:
+            self._protocol_error = str(exc)
+            messages, eof = [], True
+        except OSError:
+            messages, eof = [], True
+        inbox = self._inbox
+        for message in messages:
+            kind = message[0]
+            if kind == _EVENTS:
+                inbox.extend(message[1])
+            elif kind == _DRAIN:
+                inbox.append((_DRAIN, message[1]))
+            elif kind == _TERMINATE:
+                inbox.append((_TERMINATE, None))
+                self._terminate_pending = True
+            elif kind == _INIT and self._init_data is None:
+                self._init_data = message[1]
+            elif self._log is not None:
+                self._log.warning("ignoring unexpected message from the supervisor", kind=kind)
+        if eof:
+            self._eof = True
+            self._stop_reading()
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    def _stop_reading(self) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._in_fd)
+            self._reading = False
+
+    def _write(self, data: bytes) -> None:
+        try:
+            write_all_blocking(self._out_fd, data)
+        except OSError as exc:  # EPIPE (SIGPIPE is ignored by Python), EBADF...
+            raise _SupervisorGone(str(exc)) from exc
+
+    def _flush(self, tail: bytes = b"") -> None:
+        """Send pending ACKS, then RESULTS, then ``tail``, in one write."""
+        parts: list[bytes] = []
+        if self._acks:
+            with self._acks_lock:
+                acks, self._acks = self._acks, []
+            parts.append(encode([Msg.ACKS, acks]))
+        if self._results:
+            parts.append(encode([Msg.RESULTS, self._results]))
+            self._results.clear()
+        if tail:
+            parts.append(tail)
+        if parts:
+            self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _queue_ack(self, topic: str, partition: int, offset: int) -> None:
+        with self._acks_lock:
+            self._acks.append([topic, partition, offset])
+        # An ack made by a background task while idle must not wait for the next event.
+        if self._loop is None or self._wakeup is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wakeup.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _wait(self) -> None:
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until TERMINATE or end of input; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._wakeup = asyncio.Event()
+        os.set_blocking(self._in_fd, False)
+        os.set_blocking(self._out_fd, True)
+        loop.add_reader(self._in_fd, self._on_readable)
+        self._reading = True
+        try:
+            while self._init_data is None:
+                if self._protocol_error is not None:
+                    return EXIT_PROTOCOL_ERROR
+                if self._terminate_pending:
+                    self._write(encode([Msg.TERMINATED]))
+                    return EXIT_OK
+                if self._eof:
+                    return EXIT_OK
+                await self._wait()
+            if not await self._initialize(self._init_data):
+                return EXIT_INIT_FAILED
+            return await self._serve()
+        except _SupervisorGone:
+            return EXIT_SUPERVISOR_GONE
+        except BaseException:
+            # e.g. sys.exit() in a handler: report what is done before dying, so that only the
+            # event being handled is re-delivered.
+            with contextlib.suppress(Exception):
+                self._flush()
+            raise
+        finally:
+            self._stop_reading()
+
+    async def _initialize(self, data: dict[str, Any]) -> bool:
+        """Load the handler and run init_context; send READY or INIT_FAILED."""
+        try:
+            init = WorkerInit.from_wire(data)
+            configure_logging(init.log_level, os.environ.get(LOG_FORMAT_ENV_VAR, "json"))
+            self._log = get_logger(
+                function=init.function_name, worker=init.worker_id, trigger=init.trigger_name
+            )
+            self.loaded = load_handler(init.code_dir, init.handler)
+            self.trigger = TriggerInfo(kind=init.trigger_kind, name=init.trigger_name)
+            self.decode_strings = init.decode_strings
+            self.context = Context(
+                logger=Logger(self._log),
+                platform=Platform(self._queue_ack, kind="local", name="streamworker"),
+                worker_id=init.worker_id,
+                trigger=self.trigger,
+                function_name=init.function_name,
+            )
+        except HandlerLoadError as exc:
+            self._init_failed("HandlerLoadError", str(exc), exc)
+            return False
+        except Exception as exc:
+            self._init_failed(type(exc).__name__, f"bad worker init: {_one_line(exc)}", exc)
+            return False
+
+        init_context = self.loaded.init_context
+        if init_context is not None:
+            try:
+                result = init_context(self.context)
+                if inspect.isawaitable(result):
+                    await result
+            except BaseException as exc:  # SystemExit or a cancelled await count as failures too
+                handler = f"{self.loaded.module_name}:{INIT_CONTEXT_NAME}"
+                message = f"{handler} raised {type(exc).__name__}: {_one_line(exc)}"
+                self._init_failed(type(exc).__name__, message, exc)
+                return False
+        self._write(encode([Msg.READY, {"pid": os.getpid()}]))
+        return True
+
+    def _init_failed(self, error_type: str, message: str, exc: BaseException) -> None:
+        tb = "".join(traceback.format_exception(exc))
+        self._write(
+            encode([Msg.INIT_FAILED, {"error_type": error_type, "message": message, "traceback": tb}])
+        )
+
+    async def _serve(self) -> int:
+        assert self.loaded is not None and self.context is not None
+        inbox = self._inbox
+        results = self._results
+        held = self._held
+        handler = self.loaded.handler
+        context = self.context
+        logger = context.logger
+        trigger = self.trigger
+        decode = self.decode_strings
+        perf = time.perf_counter
+        isawaitable = inspect.isawaitable
+        sleep = asyncio.sleep
+        last_flush = perf()
+
+        while True:
+            if not inbox:
+                if results or self._acks:
+                    self._flush()
+                if self._eof:
+                    return self._eof_exit_code()
+                await self._wait()
+                last_flush = perf()
+                continue
+
+            item = inbox.popleft()
+            if type(item) is not list:
+                code = await self._control(item)
+                if code is not None:
+                    return code
+                last_flush = perf()
+                continue
+
+            lane = item[F_LANE]
+            if type(lane) is list:
+                lane = tuple(lane)
+            if item[F_RETRY]:
+                held.discard(lane)
+            elif held and lane in held:
+                results.append([item[F_SEQ], _DEFERRED, 0.0, None, None])
+                continue
+
+            event = Event(item, trigger, decode)
+            logger.current_event = event
+            t0 = perf()
+            try:
+                result = handler(context, event)
+                if result is not None and isawaitable(result):
+                    result = await result
+                t1 = perf()
+                status = _NO_ACK if result is not None and is_no_ack(result) else _OK
+                results.append([item[F_SEQ], status, t1 - t0, None, None])
+            except Exception as exc:
+                t1 = perf()
+                self._handler_failed(item, lane, event, exc, t1 - t0)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled, not just the handler's awaitable
+                t1 = perf()
+                self._handler_failed(item, lane, event, exc, t1 - t0)
+            logger.current_event = None
+
+            if t1 - last_flush >= FLUSH_INTERVAL_S or len(results) >= FLUSH_MAX_RESULTS:
+                self._flush()
+                # Let background tasks and the pipe reader run.
+                await sleep(0)
+                if self._eof and not self._terminate_pending:
+                    # The supervisor closed our input: it is gone or wants us gone; results could
+                    # not be delivered anyway. (With a TERMINATE queued, finish up to it.)
+                    return self._eof_exit_code()
+                last_flush = perf()
+
+    def _eof_exit_code(self) -> int:
+        return EXIT_OK if self._protocol_error is None else EXIT_PROTOCOL_ERROR
+
+    def _handler_failed(
+        self, item: list[Any], lane: Any, event: Event, exc: BaseException, duration: float
+    ) -> None:
+        error_type = type(exc).__name__
+        self._results.append([item[F_SEQ], _ERROR, duration, error_type, _one_line(exc)])
+        self._held.add(lane)
+        assert self.context is not None
+        self.context.logger.error_with(
+            "handler raised", error_type=error_type, attempt=event.attempt, exc_info=exc
+        )
+
+    async def _control(self, item: tuple[int, Any]) -> int | None:
+        """Handle DRAIN / TERMINATE (all events received before them are done)."""
+        assert self.context is not None
+        kind, request_id = item
+        platform = self.context.platform
+        if kind == _DRAIN:
+            self._flush()
+            await self._run_callback(platform.drain_callback, "drain")
+            self._flush(encode([Msg.DRAINED, request_id]))
+            return None
+        # TERMINATE
+        self._flush()
+        await self._run_callback(platform.termination_callback, "termination")
+        self._flush(encode([Msg.TERMINATED]))
+        self._stop_reading()
+        if self._inbox:
+            self._log.warning("events received after TERMINATE were not run", count=len(self._inbox))
+        await self._finish_tasks(TASK_GRACE_S)
+        return EXIT_OK
+
+    async def _run_callback(self, callback: Callable[[], Any] | None, what: str) -> None:
+        if callback is None:
+            return
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self._log.error(f"{what} callback raised", error_type=type(exc).__name__, exc_info=exc)
+        # Acks made by the callback go out before the DRAINED/TERMINATED that follows.
+
+    async def _finish_tasks(self, grace: float) -> None:
+        """Give tasks the handler started ``grace`` seconds to finish, then cancel them."""
+        current = asyncio.current_task()
+        tasks = {task for task in asyncio.all_tasks() if task is not current}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, stubborn = await asyncio.wait(pending, timeout=0.5)
+        if stubborn:
+            # A task that ignores cancellation would hang asyncio.run's cleanup: leave now.
+            self._log.warning("background tasks ignored cancellation; exiting", count=len(stubborn))
+            sys.stdout.flush()
+            os._exit(EXIT_OK)
+
+
+def _hard_exit_after(code: int, delay: float) -> None:
+    """Exit even if non-daemon threads the handler started would keep the interpreter alive."""
+    timer = threading.Timer(delay, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Never outlive the supervisor: kernel signal on its death, plus a polling watchdog.
+    parent = os.getppid()
+    die_with_parent()
+    start_parent_watchdog(parent)
+    # Ctrl-C in a terminal reaches the whole process group; the supervisor decides what we do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    parser = argparse.ArgumentParser(prog="python -m streamworker.worker")
+    parser.add_argument("--in-fd", type=int, required=True, help="pipe from the supervisor")
+    parser.add_argument("--out-fd", type=int, required=True, help="pipe to the supervisor")
+    args = parser.parse_args(argv)
+
+    configure_logging("info", os.environ.get(LOG_FORMAT_ENV_VAR, "json"))
+    worker = Worker(args.in_fd, args.out_fd)
+    code = asyncio.run(worker.run())
+    sys.stdout.flush()
+    _hard_exit_after(code, 2.0)
+    return code

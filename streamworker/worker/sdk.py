@@ -1,0 +1,489 @@
+"""The objects a handler sees, with Nuclio's names: ``Context``, ``Event``, ``Logger``, ``Platform``,
+``TriggerInfo``, ``QualifiedOffset``, ``Response``.
+
+A Nuclio handler ``handler(context, event)`` runs unchanged. Differences from Nuclio worth knowing:
+``event.key`` exists (Nuclio has none), ``event.timestamp`` has millisecond precision, and
+``event.attempt`` counts deliveries of the record (1 on the first).
+
+``Event`` is built once per record, so it is a ``__slots__`` class that keeps the wire list and
+decodes the key and headers lazily, on first access.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from streamworker.observability.logging import EVENT_FIELD_ALIAS
+from streamworker.protocol import (
+    EVENT_FIELDS,
+    F_ATTEMPT,
+    F_HEADERS,
+    F_KEY,
+    F_OFFSET,
+    F_PARTITION,
+    F_TIMESTAMP_MS,
+    F_TOPIC,
+    F_VALUE,
+)
+
+__all__ = [
+    "DECODE_ENV_VAR",
+    "NO_ACK_HEADER",
+    "AckSink",
+    "Context",
+    "Event",
+    "Logger",
+    "Platform",
+    "QualifiedOffset",
+    "Response",
+    "TriggerInfo",
+    "decode_strings_from_env",
+    "is_no_ack",
+]
+
+DECODE_ENV_VAR = "NUCLIO_PYTHON_DECODE_EVENT_STRINGS"
+_DECODE_OFF = frozenset({"no", "false", "disable", "disabled"})
+
+# Nuclio's header for "handled, but do not commit this offset yet" (explicit ack mode).
+NO_ACK_HEADER = "x-nuclio-stream-no-ack"
+_FALSE_STRINGS = frozenset({"", "false", "0", "no", "off"})
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def decode_strings_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Nuclio's rule: event strings are decoded unless ``NUCLIO_PYTHON_DECODE_EVENT_STRINGS`` is
+    ``no``, ``false``, ``disable`` or ``disabled`` (any case)."""
+    env = os.environ if environ is None else environ
+    return env.get(DECODE_ENV_VAR, "").strip().lower() not in _DECODE_OFF
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerInfo:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class QualifiedOffset:
+    """A record's position, for ``await context.platform.explicit_ack(...)``."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @classmethod
+    def from_event(cls, event: Any) -> QualifiedOffset:
+        """From our ``Event`` or anything with ``topic``/``partition``/``offset`` (or Nuclio's
+        ``path``/``shard_id``/``offset``)."""
+        topic = getattr(event, "topic", None)
+        if topic is None:
+            topic = event.path
+        partition = getattr(event, "partition", None)
+        if partition is None:
+            partition = event.shard_id
+        return cls(topic=_as_str(topic), partition=int(partition), offset=int(event.offset))
+
+
+def _as_str(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+class Response:
+    """What a handler may return. For a stream trigger only the no-ack marker matters."""
+
+    def __init__(
+        self,
+        body: Any = None,
+        headers: dict[str, Any] | None = None,
+        content_type: str = "text/plain",
+        status_code: int = 200,
+    ) -> None:
+        self.body = body
+        self.headers: dict[str, Any] = {} if headers is None else headers
+        self.content_type = content_type
+        self.status_code = status_code
+
+    def ensure_no_ack(self) -> None:
+        """Mark the event handled but not acknowledged: its offset is committed only once the
+        function calls ``context.platform.explicit_ack`` for it (explicit ack mode)."""
+        self.headers[NO_ACK_HEADER] = "true"
+
+    def __repr__(self) -> str:
+        return (
+            f"Response(status_code={self.status_code!r}, content_type={self.content_type!r}, "
+            f"headers={self.headers!r}, body={self.body!r})"
+        )
+
+
+def is_no_ack(result: object) -> bool:
+    """True if ``result`` has a ``headers`` mapping with a true ``x-nuclio-stream-no-ack`` header
+    (name compared case-insensitively; works for ``nuclio_sdk.Response`` too)."""
+    if result is None:
+        return False
+    cls = type(result)
+    if cls is str or cls is bytes or cls is dict or cls is tuple or cls is list or cls is int:
+        return False
+    headers = getattr(result, "headers", None)
+    if not headers:
+        return False
+    try:
+        items = headers.items()
+    except AttributeError:
+        return False
+    for name, value in items:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if isinstance(name, str) and name.lower() == NO_ACK_HEADER:
+            return _truthy(value)
+    return False
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_STRINGS
+    return bool(value)
+
+
+class Logger:
+    """Nuclio's logger API on top of a structlog logger.
+
+    ``debug/info/warn/warning/error(msg, *args)`` (``%``-style args) and
+    ``debug_with/info_with/warn_with/error_with(msg, **fields)``. While the worker handles an event,
+    ``current_event`` points at it and every line also carries its ``topic``, ``partition`` and
+    ``offset``; the worker sets that slot per event, so no logger is re-bound on the hot path.
+    """
+
+    __slots__ = ("_log", "current_event")
+
+    def __init__(self, logger: FilteringBoundLogger) -> None:
+        self._log = logger
+        # Anything with topic/partition/offset attributes; None when no event is being handled.
+        self.current_event: Any = None
+
+    @property
+    def structlog(self) -> FilteringBoundLogger:
+        """The underlying structlog logger (without the per-event fields)."""
+        return self._log
+
+    def _fields(self, kv: dict[str, Any]) -> dict[str, Any]:
+        if "event" in kv:
+            kv[EVENT_FIELD_ALIAS] = kv.pop("event")
+        ev = self.current_event
+        if ev is None:
+            return kv
+        fields: dict[str, Any] = {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset}
+        fields.update(kv)
+        return fields
+
+    def debug(self, message: str, *args: Any) -> None:
+        self._log.debug(message, *args, **self._fields({}))
+
+    def info(self, message: str, *args: Any) -> None:
+        self._log.info(message, *args, **self._fields({}))
+
+    def warn(self, message: str, *args: Any) -> None:
+        self._log.warning(message, *args, **self._fields({}))
+
+    warning = warn
+
+    def error(self, message: str, *args: Any) -> None:
+        self._log.error(message, *args, **self._fields({}))
+
+    def exception(self, message: str, *args: Any) -> None:
+        """``error`` with the traceback of the exception being handled."""
+        self._log.error(message, *args, exc_info=True, **self._fields({}))
+
+    def debug_with(self, message: str, *args: Any, **kv: Any) -> None:
+        self._log.debug(message, *args, **self._fields(kv))
+
+    def info_with(self, message: str, *args: Any, **kv: Any) -> None:
+        self._log.info(message, *args, **self._fields(kv))
+
+    def warn_with(self, message: str, *args: Any, **kv: Any) -> None:
+        self._log.warning(message, *args, **self._fields(kv))
+
+    warning_with = warn_with
+
+    def error_with(self, message: str, *args: Any, **kv: Any) -> None:
+        self._log.error(message, *args, **self._fields(kv))
+
+
+# Called with (topic, partition, offset) for each explicit ack.
+AckSink = Callable[[str, int, int], None]
+
+
+class Platform:
+    """``context.platform``: termination/drain callbacks and explicit acks.
+
+    Like Nuclio, one callback of each kind is kept: setting one replaces the previous one (``None``
+    clears it). Callbacks take no arguments and may be ``async``.
+    """
+
+    def __init__(self, ack_sink: AckSink | None = None, *, kind: str = "local", name: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.termination_callback: Callable[[], Any] | None = None
+        self.drain_callback: Callable[[], Any] | None = None
+        self._ack_sink = ack_sink
+        # Without a sink (a Platform made outside a worker, e.g. in a handler's unit test) acks are
+        # recorded here.
+        self.acks: list[QualifiedOffset] = []
+
+    def set_termination_callback(self, callback: Callable[[], Any] | None) -> None:
+        """Run ``callback()`` when the worker is told to stop, after the events it already has."""
+        self.termination_callback = _check_callback(callback)
+
+    def set_drain_callback(self, callback: Callable[[], Any] | None) -> None:
+        """Run ``callback()`` when the worker is asked to drain (e.g. partitions being revoked)."""
+        self.drain_callback = _check_callback(callback)
+
+    async def explicit_ack(self, qualified_offset: QualifiedOffset) -> None:
+        """Acknowledge a record handled earlier with a no-ack response (Nuclio's API)."""
+        self.explicit_ack_sync(qualified_offset)
+
+    def explicit_ack_sync(self, qualified_offset: QualifiedOffset) -> None:
+        """``explicit_ack`` for sync handlers. Accepts a ``QualifiedOffset`` or an ``Event``."""
+        topic = _as_str(qualified_offset.topic)
+        partition = int(qualified_offset.partition)
+        offset = int(qualified_offset.offset)
+        if self._ack_sink is None:
+            self.acks.append(QualifiedOffset(topic, partition, offset))
+        else:
+            self._ack_sink(topic, partition, offset)
+
+
+def _check_callback(callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    return callback
+
+
+class Context:
+    """``context``: what a handler gets besides the event. Handlers may set their own attributes
+    on it; ``user_data`` is a free attribute bag meant for ``init_context``."""
+
+    def __init__(
+        self,
+        *,
+        logger: Logger,
+        platform: Platform,
+        worker_id: int,
+        trigger: TriggerInfo,
+        function_name: str = "",
+        user_data: Any = None,
+    ) -> None:
+        self.logger = logger
+        self.platform = platform
+        self.worker_id = worker_id
+        self.trigger = trigger
+        self.function_name = function_name
+        self.user_data: Any = SimpleNamespace() if user_data is None else user_data
+
+
+HeaderValue = str | bytes | None
+
+
+def _decode(value: bytes) -> str | bytes:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+class Event:
+    """One Kafka record, as a handler sees it.
+
+    ``body`` bytes (``b""`` for a null value); ``key`` ``None``/``str``/``bytes``; ``headers`` dict
+    (last duplicate wins; all of them, in order, in ``header_list``); ``topic``, ``partition``
+    (``shard_id``), ``offset``, ``timestamp`` (aware UTC datetime, ms precision, or None), ``id``
+    (``"topic/partition/offset"``), ``path`` (= topic), ``content_type``, ``trigger``, ``attempt``.
+
+    With string decoding on (Nuclio's default) the key and header values are ``str`` when they are
+    valid UTF-8 and stay ``bytes`` otherwise. With it off they stay ``bytes``, and ``path``,
+    ``method``, ``url`` and ``content_type`` are ``bytes`` too, as in Nuclio. Header names and
+    ``topic`` are always ``str``.
+    """
+
+    __slots__ = ("_decode_strings", "_header_list", "_headers", "_w", "trigger")
+
+    # Filled on first access (an unset slot raises AttributeError).
+    _header_list: list[tuple[str, HeaderValue]]
+    _headers: dict[str, HeaderValue]
+
+    def __init__(self, wire: list[Any], trigger: TriggerInfo, decode_strings: bool = True) -> None:
+        self._w = wire
+        self.trigger = trigger
+        self._decode_strings = decode_strings
+
+    @classmethod
+    def create(
+        cls,
+        body: bytes | None = b"",
+        *,
+        key: bytes | None = None,
+        headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None = None,
+        topic: str = "topic",
+        partition: int = 0,
+        offset: int = 0,
+        timestamp_ms: int | None = None,
+        attempt: int = 1,
+        trigger: TriggerInfo | None = None,
+        decode_strings: bool = True,
+    ) -> Event:
+        """Build an event by hand, e.g. to unit-test a handler."""
+        if headers is None:
+            header_pairs = None
+        elif isinstance(headers, Mapping):
+            header_pairs = [[k, v] for k, v in headers.items()]
+        else:
+            header_pairs = [[k, v] for k, v in headers]
+        values = {
+            "seq": 0,
+            "lane": partition,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key,
+            "value": body,
+            "headers": header_pairs,
+            "timestamp_ms": timestamp_ms,
+            "attempt": attempt,
+            "retry": False,
+        }
+        wire = [values[name] for name in EVENT_FIELDS]
+        return cls(wire, trigger or TriggerInfo("kafka-cluster", "test"), decode_strings)
+
+    # -- record fields ------------------------------------------------------------------------
+
+    @property
+    def body(self) -> bytes:
+        value: bytes | None = self._w[F_VALUE]
+        return b"" if value is None else value
+
+    @property
+    def key(self) -> str | bytes | None:
+        key: bytes | None = self._w[F_KEY]
+        if key is None or not self._decode_strings or not isinstance(key, bytes):
+            return key
+        return _decode(key)
+
+    @property
+    def topic(self) -> str:
+        topic: str = self._w[F_TOPIC]
+        return topic
+
+    @property
+    def partition(self) -> int:
+        partition: int = self._w[F_PARTITION]
+        return partition
+
+    @property
+    def shard_id(self) -> int:
+        partition: int = self._w[F_PARTITION]
+        return partition
+
+    @property
+    def offset(self) -> int:
+        offset: int = self._w[F_OFFSET]
+        return offset
+
+    @property
+    def attempt(self) -> int:
+        attempt: int = self._w[F_ATTEMPT]
+        return attempt
+
+    @property
+    def timestamp(self) -> _dt.datetime | None:
+        ms = self._w[F_TIMESTAMP_MS]
+        if ms is None or ms < 0:
+            return None
+        return _EPOCH + _dt.timedelta(milliseconds=ms)
+
+    @property
+    def id(self) -> str:
+        w = self._w
+        return f"{w[F_TOPIC]}/{w[F_PARTITION]}/{w[F_OFFSET]}"
+
+    # -- headers --------------------------------------------------------------------------------
+
+    @property
+    def header_list(self) -> list[tuple[str, HeaderValue]]:
+        """Every header in record order, duplicates included."""
+        try:
+            return self._header_list
+        except AttributeError:
+            pass
+        raw = self._w[F_HEADERS]
+        pairs: list[tuple[str, HeaderValue]] = []
+        if raw:
+            items = raw.items() if isinstance(raw, Mapping) else raw
+            decode = self._decode_strings
+            for name, value in items:
+                if isinstance(name, bytes):
+                    name = name.decode("utf-8", "surrogateescape")
+                if decode and isinstance(value, bytes):
+                    value = _decode(value)
+                pairs.append((name, value))
+        self._header_list = pairs
+        return pairs
+
+    @property
+    def headers(self) -> dict[str, HeaderValue]:
+        """Header name -> value; for a repeated name the last value wins."""
+        try:
+            return self._headers
+        except AttributeError:
+            pass
+        headers = dict(self.header_list)
+        self._headers = headers
+        return headers
+
+    def get_header(self, name: str, default: HeaderValue = None) -> HeaderValue:
+        """The header's value, matching the name case-insensitively (last one wins)."""
+        wanted = name.lower()
+        for header_name, value in reversed(self.header_list):
+            if header_name.lower() == wanted:
+                return value
+        return default
+
+    @property
+    def content_type(self) -> str | bytes:
+        value = self.get_header("content-type")
+        if value is None:
+            return "" if self._decode_strings else b""
+        return value
+
+    # -- Nuclio compatibility -------------------------------------------------------------------
+
+    @property
+    def path(self) -> str | bytes:
+        topic: str = self._w[F_TOPIC]
+        return topic if self._decode_strings else topic.encode("utf-8")
+
+    @property
+    def method(self) -> str | bytes:
+        return "" if self._decode_strings else b""
+
+    @property
+    def url(self) -> str | bytes:
+        return "" if self._decode_strings else b""
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
+            f"key={self.key!r}, body={self.body[:64]!r}{'...' if len(self.body) > 64 else ''})"
+        )

@@ -1,0 +1,93 @@
+"""Offset tracking: the commit position never passes a record that is not done."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streamworker.supervisor.offsets import PartitionOffsets
+
+
+def test_nothing_fetched_has_no_position() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.position() is None
+    assert offsets.pending_commit() is None
+
+
+def test_in_order_completion_moves_position_one_by_one() -> None:
+    offsets = PartitionOffsets()
+    for offset in range(5, 8):
+        offsets.track(offset)
+    assert offsets.position() == 5
+    offsets.done(5)
+    assert offsets.position() == 6
+    offsets.done(6)
+    offsets.done(7)
+    assert offsets.position() == 8
+    assert offsets.outstanding == 0
+
+
+def test_out_of_order_completion_waits_for_the_earliest() -> None:
+    offsets = PartitionOffsets()
+    for offset in range(4):
+        offsets.track(offset)
+    offsets.done(2)
+    offsets.done(3)
+    assert offsets.position() == 0, "records 0 and 1 are not done: nothing may be committed"
+    offsets.done(1)
+    assert offsets.position() == 0
+    offsets.done(0)
+    assert offsets.position() == 4
+
+
+def test_gaps_in_offsets_are_skipped_over() -> None:
+    # Compacted topics and transaction markers leave holes: only fetched offsets count.
+    offsets = PartitionOffsets()
+    for offset in (10, 13, 20):
+        offsets.track(offset)
+    offsets.done(10)
+    assert offsets.position() == 13
+    offsets.done(20)
+    assert offsets.position() == 13
+    offsets.done(13)
+    assert offsets.position() == 21
+
+
+def test_pending_commit_reports_only_moves() -> None:
+    offsets = PartitionOffsets()
+    offsets.track(0)
+    offsets.track(1)
+    assert offsets.pending_commit() == 0  # never committed yet: the start position counts
+    offsets.committed = 0
+    assert offsets.pending_commit() is None
+    offsets.done(0)
+    assert offsets.pending_commit() == 1
+
+
+def test_fetch_order_must_increase() -> None:
+    offsets = PartitionOffsets()
+    offsets.track(5)
+    with pytest.raises(ValueError, match="fetch order"):
+        offsets.track(5)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_completion_order_never_commits_an_unfinished_record(seed: int) -> None:
+    rng = random.Random(seed)
+    fetched = sorted(rng.sample(range(200), 60))
+    offsets = PartitionOffsets()
+    for offset in fetched:
+        offsets.track(offset)
+    order = fetched[:]
+    rng.shuffle(order)
+    finished: set[int] = set()
+    for offset in order:
+        offsets.done(offset)
+        finished.add(offset)
+        position = offsets.position()
+        assert position is not None
+        # every fetched offset below the position is finished; the one at it (if fetched) is not
+        assert all(o in finished for o in fetched if o < position)
+        unfinished = [o for o in fetched if o not in finished]
+        assert position == (unfinished[0] if unfinished else fetched[-1] + 1)

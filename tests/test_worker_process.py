@@ -1,0 +1,520 @@
+"""The real worker process, driven over its pipes like the supervisor does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamworker.protocol import EVENT_FIELDS, FrameReader, Msg, Status, WorkerInit, encode
+
+HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
+TIMEOUT = 10.0
+
+OK, ERROR, DEFERRED, NO_ACK = Status.OK, Status.ERROR, Status.DEFERRED, Status.NO_ACK
+
+
+def wire_event(
+    seq: int,
+    body: bytes = b"",
+    *,
+    lane: Any = 0,
+    partition: int = 0,
+    offset: int | None = None,
+    retry: bool = False,
+    attempt: int = 1,
+    key: bytes | None = None,
+    headers: list[list[Any]] | None = None,
+    timestamp_ms: int | None = None,
+    topic: str = "orders",
+) -> list[Any]:
+    values = {
+        "seq": seq,
+        "lane": lane,
+        "topic": topic,
+        "partition": partition,
+        "offset": seq if offset is None else offset,
+        "key": key,
+        "value": body,
+        "headers": headers,
+        "timestamp_ms": timestamp_ms,
+        "attempt": attempt,
+        "retry": retry,
+    }
+    return [values[name] for name in EVENT_FIELDS]
+
+
+class WorkerHarness:
+    """Spawns ``python -m streamworker.worker`` with a pipe pair and speaks the protocol to it."""
+
+    def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.out_file = tmp_path / "observed.jsonl"
+        self.log_file = tmp_path / "worker.log"
+        to_worker_r, self.to_worker = os.pipe()
+        self.from_worker, from_worker_w = os.pipe()
+        env = dict(os.environ, SW_TEST_OUT=str(self.out_file), **(extra_env or {}))
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streamworker.worker",
+                    "--in-fd",
+                    str(to_worker_r),
+                    "--out-fd",
+                    str(from_worker_w),
+                ],
+                pass_fds=(to_worker_r, from_worker_w),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        self.reader = FrameReader()
+        self.inbox: list[list[Any]] = []
+        self.eof = False
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, message: list[Any]) -> None:
+        data = memoryview(encode(message))
+        while data:
+            data = data[os.write(self.to_worker, data) :]
+
+    def init(self, handler: str, *, code_dir: Path = HANDLERS, decode: bool = True) -> None:
+        init = WorkerInit(
+            handler=handler,
+            code_dir=str(code_dir),
+            worker_id=4,
+            trigger_name="orders-trigger",
+            trigger_kind="kafka-cluster",
+            function_name="fn",
+            decode_strings=decode,
+            log_level="info",
+        )
+        self.send([Msg.INIT, init.to_wire()])
+
+    def start(self, handler: str, **kwargs: Any) -> dict[str, Any]:
+        self.init(handler, **kwargs)
+        kind, payload = self.next_message()
+        assert kind == Msg.READY, payload
+        assert payload["pid"] == self.proc.pid
+        return dict(payload)
+
+    def events(self, *events: list[Any]) -> None:
+        self.send([Msg.EVENTS, list(events)])
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def next_message(self, timeout: float = TIMEOUT) -> list[Any]:
+        """The next frame from the worker; fails the test after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.inbox:
+            if self.eof:
+                raise AssertionError(f"worker closed its pipe; log:\n{self.log()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no frame from the worker within {timeout}s; log:\n{self.log()}")
+            readable, _, _ = select.select([self.from_worker], [], [], remaining)
+            if readable:
+                data = os.read(self.from_worker, 1 << 20)
+                if not data:
+                    self.eof = True
+                self.inbox.extend(self.reader.feed(data))
+        return self.inbox.pop(0)
+
+    def wait_eof(self, timeout: float = TIMEOUT) -> None:
+        """Wait until every writer of the worker's output pipe is gone (frames are discarded)."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("the worker's output pipe is still open")
+            readable, _, _ = select.select([self.from_worker], [], [], remaining)
+            if readable and not os.read(self.from_worker, 1 << 20):
+                self.eof = True
+
+    def results(self, count: int, timeout: float = TIMEOUT) -> tuple[list[list[Any]], list[list[Any]]]:
+        """Collect ``count`` results (from one or more RESULTS frames) and the ACKS seen meanwhile."""
+        results: list[list[Any]] = []
+        acks: list[list[Any]] = []
+        while len(results) < count:
+            kind, payload = self.next_message(timeout)
+            if kind == Msg.RESULTS:
+                results.extend(payload)
+            elif kind == Msg.ACKS:
+                acks.extend(payload)
+            else:
+                raise AssertionError(f"unexpected frame {kind}: {payload}")
+        assert len(results) == count, results
+        return results, acks
+
+    def observed(self) -> list[dict[str, Any]]:
+        if not self.out_file.exists():
+            return []
+        return [json.loads(line) for line in self.out_file.read_text().splitlines()]
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        for fd in (self.to_worker, self.from_worker):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[WorkerHarness]:
+    worker = WorkerHarness(tmp_path)
+    yield worker
+    worker.close()
+
+
+def statuses(results: list[list[Any]]) -> list[tuple[int, int]]:
+    return [(seq, status) for seq, status, *_ in results]
+
+
+# -- results, order, lanes ---------------------------------------------------------------------------
+
+
+def test_results_in_order_with_failure_holding_only_its_lane(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(
+        wire_event(0, b"a", lane=0),
+        wire_event(1, b"fail-1", lane=0),
+        wire_event(2, b"b", lane=0),  # same lane after a failure: not run
+        wire_event(3, b"c", lane=1, partition=1),  # other lane: runs
+        wire_event(4, b"d", lane=0),
+        wire_event(5, b"noack", lane=1, partition=1),
+    )
+    results, acks = harness.results(6)
+    assert statuses(results) == [(0, OK), (1, ERROR), (2, DEFERRED), (3, OK), (4, DEFERRED), (5, NO_ACK)]
+    assert acks == []
+    _, _, duration, error_type, message = results[1]
+    assert error_type == "ValueError" and message == "failed on fail-1"
+    assert duration >= 0
+    assert results[0][3:] == [None, None]
+
+    # The supervisor re-sends the failed head with retry=True: the hold is lifted.
+    harness.events(
+        wire_event(1, b"fail-again", lane=0, retry=True, attempt=2),
+        wire_event(2, b"b", lane=0),
+    )
+    results, _ = harness.results(2)
+    assert statuses(results) == [(1, ERROR), (2, DEFERRED)]
+    harness.events(wire_event(1, b"ok now", lane=0, retry=True, attempt=3), wire_event(2, b"b", lane=0))
+    results, _ = harness.results(2)
+    assert statuses(results) == [(1, OK), (2, OK)]
+
+    # The failure was logged once per failure, with the record's position and the traceback.
+    errors = [line for line in harness.log_lines() if line["level"] == "error"]
+    assert len(errors) == 2
+    first = errors[0]
+    assert (first["topic"], first["partition"], first["offset"]) == ("orders", 0, 1)
+    assert first["error_type"] == "ValueError" and "Traceback" in first["exception"]
+    assert first["worker"] == 4 and first["trigger"] == "orders-trigger"
+    # A handler's own log line carries the event fields too.
+    about = [line for line in harness.log_lines() if line["message"] == "about to fail"]
+    assert about[0]["offset"] == 1 and about[0]["body"] == "fail-1"
+
+
+def test_list_lanes_and_many_events_in_order(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    events = [wire_event(i, b"x", lane=["orders", i % 3]) for i in range(2000)]
+    for start in range(0, len(events), 250):
+        harness.events(*events[start : start + 250])
+    results, _ = harness.results(2000)
+    assert [r[0] for r in results] == list(range(2000))
+    assert {r[1] for r in results} == {OK}
+
+
+def test_event_fields_cross_the_pipe(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(
+        wire_event(
+            0,
+            b"meta",
+            key=b"\xffkey",
+            headers=[["Content-Type", b"text/plain"], ["h", None]],
+            timestamp_ms=1_700_000_000_123,
+            attempt=2,
+        )
+    )
+    harness.results(1)
+    (meta,) = harness.observed()
+    assert meta == {
+        "key": repr(b"\xffkey"),
+        "headers": repr([("Content-Type", "text/plain"), ("h", None)]),
+        "content_type": repr("text/plain"),
+        "timestamp": "2023-11-14T22:13:20.123000+00:00",
+        "attempt": 2,
+        "id": "orders/0/0",
+        "trigger": ["kafka-cluster", "orders-trigger"],
+    }
+
+
+def test_decode_strings_off(harness: WorkerHarness) -> None:
+    harness.start("basic:handler", decode=False)
+    harness.events(wire_event(0, b"meta", key=b"k", headers=[["Content-Type", b"text/plain"]]))
+    harness.results(1)
+    (meta,) = harness.observed()
+    assert meta["key"] == repr(b"k") and meta["content_type"] == repr(b"text/plain")
+
+
+def test_sys_exit_in_handler_reports_earlier_results_then_exits(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"a"), wire_event(1, b"exit"), wire_event(2, b"never"))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert harness.wait_exit() == 5
+
+
+# -- init ------------------------------------------------------------------------------------------
+
+
+def test_init_context_sets_user_data(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"greet"))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert harness.observed() == [{"greeting": "hello", "worker_id": 4}]
+
+
+def test_init_failed_on_import_error(harness: WorkerHarness) -> None:
+    harness.init("broken_import:handler")
+    kind, payload = harness.next_message()
+    assert kind == Msg.INIT_FAILED
+    assert payload["error_type"] == "HandlerLoadError"
+    assert payload["message"] == (
+        f"cannot import handler module 'broken_import' from {HANDLERS}: "
+        "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
+    )
+    assert "Traceback" in payload["traceback"]
+    assert harness.wait_exit() == 3
+
+
+def test_init_failed_when_init_context_raises(harness: WorkerHarness) -> None:
+    harness.init("init_fails:handler")
+    kind, payload = harness.next_message()
+    assert kind == Msg.INIT_FAILED
+    assert payload["error_type"] == "ValueError"
+    assert payload["message"] == "init_fails:init_context raised ValueError: database unreachable"
+    assert harness.wait_exit() == 3
+
+
+def test_init_failed_on_missing_function(harness: WorkerHarness) -> None:
+    harness.init("basic:nope")
+    kind, payload = harness.next_message()
+    assert kind == Msg.INIT_FAILED and "has no function 'nope'" in payload["message"]
+    assert harness.wait_exit() == 3
+
+
+# -- explicit acks -----------------------------------------------------------------------------------
+
+
+def test_explicit_ack_sent_before_results(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"ack", partition=2, offset=77))
+    kind, payload = harness.next_message()
+    assert kind == Msg.ACKS and payload == [["orders", 2, 77]]
+    kind, payload = harness.next_message()
+    assert kind == Msg.RESULTS and statuses(payload) == [(0, NO_ACK)]
+
+
+# -- asyncio -----------------------------------------------------------------------------------------
+
+
+def test_async_background_task_runs_while_idle(harness: WorkerHarness) -> None:
+    harness.start("async_app:handler")
+    harness.events(wire_event(0, b"check"))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, ERROR)]  # nothing ran in the background yet
+
+    harness.events(wire_event(1, b"bg:0.2:idle-task", lane=1), wire_event(2, b"sleep", lane=1))
+    results, _ = harness.results(2)
+    assert statuses(results) == [(1, OK), (2, OK)]
+    # No event is sent now: the task finishes while the worker idles, and its explicit ack is sent
+    # without waiting for another event.
+    kind, payload = harness.next_message()
+    assert (kind, payload) == (Msg.ACKS, [["idle-task", 0, 1]])
+    assert harness.observed() == [{"background": "idle-task"}]
+
+    harness.events(wire_event(3, b"check", lane=1))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(3, OK)]
+
+
+def test_terminate_waits_briefly_for_background_tasks(harness: WorkerHarness) -> None:
+    harness.start("async_app:handler")
+    harness.events(wire_event(0, b"bg:0.1:late", lane=0), wire_event(1, b"forever", lane=1))
+    harness.send([Msg.TERMINATE])
+    results, _ = harness.results(2)
+    assert statuses(results) == [(0, OK), (1, OK)]
+    assert harness.next_message() == [Msg.TERMINATED]
+    started = time.monotonic()
+    assert harness.wait_exit() == 0
+    # The 0.1 s task completed; the endless one was cancelled after the grace period.
+    assert time.monotonic() - started < 5
+    observed = harness.observed()
+    assert [line for line in observed if line.get("callback") == "terminate"]
+    assert {"background": "late"} in observed
+
+
+# -- drain / terminate / supervisor gone -------------------------------------------------------------
+
+
+def test_drain_runs_callback_after_earlier_events(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"greet"), wire_event(1, b"x"))
+    harness.send([Msg.DRAIN, 17])
+    harness.events(wire_event(2, b"greet"))
+    results, _ = harness.results(2)
+    assert statuses(results) == [(0, OK), (1, OK)]
+    assert harness.next_message() == [Msg.DRAINED, 17]
+    results, _ = harness.results(1)
+    assert statuses(results) == [(2, OK)]
+    observed = harness.observed()
+    assert observed.index({"callback": "drain"}) == 1  # after event 0, before event 2
+
+
+def test_terminate_runs_callback_and_exits_zero(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"greet"))
+    harness.send([Msg.TERMINATE])
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert harness.next_message() == [Msg.TERMINATED]
+    assert harness.wait_exit() == 0
+    assert harness.observed()[-1] == {"callback": "terminate"}
+
+
+def test_drain_and_terminate_without_callbacks(harness: WorkerHarness) -> None:
+    harness.start("nested.deeper.entry:handle")
+    harness.send([Msg.DRAIN, "r1"])
+    assert harness.next_message() == [Msg.DRAINED, "r1"]
+    harness.send([Msg.TERMINATE])
+    assert harness.next_message() == [Msg.TERMINATED]
+    assert harness.wait_exit() == 0
+
+
+def test_exits_when_supervisor_closes_the_pipe(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    os.close(harness.to_worker)
+    assert harness.wait_exit() == 0
+
+
+def test_exits_when_supervisor_closes_the_pipe_before_init(harness: WorkerHarness) -> None:
+    os.close(harness.to_worker)
+    assert harness.wait_exit() == 0
+
+
+def test_ignores_sigint(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.proc.send_signal(signal.SIGINT)
+    harness.events(wire_event(0, b"x"))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert harness.proc.poll() is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reparenting semantics are Linux's")
+def test_dies_with_its_parent(tmp_path: Path) -> None:
+    """The parent dies while we (the grandparent) still hold the pipes open: no EOF to rely on."""
+    to_worker_r, to_worker = os.pipe()
+    from_worker, from_worker_w = os.pipe()
+    spawner = (
+        "import subprocess, sys\n"
+        "a, b = sys.argv[1], sys.argv[2]\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'streamworker.worker', '--in-fd', a, '--out-fd', b],"
+        " pass_fds=(int(a), int(b)))\n"
+        "p.wait()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", spawner, str(to_worker_r), str(from_worker_w)],
+        pass_fds=(to_worker_r, from_worker_w),
+    )
+    os.close(to_worker_r)
+    os.close(from_worker_w)
+    try:
+        init = WorkerInit("basic:handler", str(HANDLERS), 0, "t", "kafka-cluster", "fn", True)
+        os.write(to_worker, encode([Msg.INIT, init.to_wire()]))
+        reader = FrameReader()
+        messages: list[list[Any]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while not messages:
+            readable, _, _ = select.select([from_worker], [], [], max(0.0, deadline - time.monotonic()))
+            assert readable, "worker did not start"
+            messages = reader.feed(os.read(from_worker, 65536))
+        assert messages[0][0] == Msg.READY
+        parent.kill()
+        parent.wait()
+        # Every writer of the output pipe (the parent and the worker) is gone once we read EOF.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            readable, _, _ = select.select([from_worker], [], [], max(0.0, deadline - time.monotonic()))
+            assert readable, "worker outlived its parent"
+            if not os.read(from_worker, 65536):
+                break
+    finally:
+        os.close(to_worker)
+        os.close(from_worker)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_throughput_of_noop_handler(harness: WorkerHarness) -> None:
+    """Not a benchmark, a guard against a grossly slow hot path (tens of thousands/s expected)."""
+    harness.start("basic:noop")
+    total, batch = 40_000, 500
+    events = [wire_event(i, b"payload", lane=i % 8) for i in range(total)]
+    frames = [encode([Msg.EVENTS, events[i : i + batch]]) for i in range(0, total, batch)]
+
+    def feed() -> None:
+        for frame in frames:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(harness.to_worker, view) :]
+
+    started = time.perf_counter()
+    sender = threading.Thread(target=feed)
+    sender.start()
+    results, _ = harness.results(total, timeout=60)
+    elapsed = time.perf_counter() - started
+    sender.join()
+    assert [r[0] for r in results] == list(range(total))
+    rate = total / elapsed
+    print(f"no-op throughput: {rate:,.0f} events/s")
+    assert rate > 5_000
+
+
+def test_parent_watchdog_exits_when_parent_changes() -> None:
+    code = (
+        "import threading\n"
+        "from streamworker.worker.process import start_parent_watchdog\n"
+        "start_parent_watchdog(-1, interval=0.05)\n"  # -1 is never our parent: 'it changed'
+        "threading.Event().wait(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT, check=False)
+    assert proc.returncode == 70
