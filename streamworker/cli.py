@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamworker.supervisor.app import Supervisor
     from streamworker.supervisor.runner import RunnerOptions
 
-    return Supervisor(loaded.config, RunnerOptions(log_level=args.log_level)).run()
+    return Supervisor(
+        loaded.config, RunnerOptions(log_level=args.log_level, log_format=args.log_format)
+    ).run()
 
 
 def run() -> None:

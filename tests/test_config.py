@@ -1105,6 +1105,7 @@ def test_enum_fields_list_their_choices() -> None:
         "initialOffset": ("earliest", "latest"),
         "workerAllocationMode": ("pool", "static"),
         "balanceStrategy": ("range", "roundrobin", "cooperative-sticky"),
+        "groupProtocol": ("classic", "consumer"),
     }
 
 

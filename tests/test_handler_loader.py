@@ -53,7 +53,7 @@ def test_missing_module() -> None:
         load_handler(str(HANDLERS), "does_not_exist:handler")
     message = str(info.value)
     assert message == (
-        f"cannot import handler module 'does_not_exist' from {HANDLERS}: "
+        f"cannot import handler module 'does_not_exist' (handler 'does_not_exist:handler') from {HANDLERS}: "
         "ModuleNotFoundError: No module named 'does_not_exist'"
     )
 
@@ -62,7 +62,7 @@ def test_module_with_failing_import() -> None:
     with pytest.raises(HandlerLoadError) as info:
         load_handler(str(HANDLERS), "broken_import:handler")
     assert str(info.value) == (
-        f"cannot import handler module 'broken_import' from {HANDLERS}: "
+        f"cannot import handler module 'broken_import' (handler 'broken_import:handler') from {HANDLERS}: "
         "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
     )
     assert "\n" not in str(info.value)
@@ -74,7 +74,9 @@ def test_syntax_error_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(HandlerLoadError) as info:
         load_handler(str(tmp_path), "bad_syntax_mod:handler")
     message = str(info.value)
-    assert message.startswith("cannot import handler module 'bad_syntax_mod' from ")
+    assert message.startswith(
+        "cannot import handler module 'bad_syntax_mod' (handler 'bad_syntax_mod:handler') from "
+    )
     assert "SyntaxError" in message and "\n" not in message
 
 

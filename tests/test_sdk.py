@@ -303,3 +303,17 @@ def test_console_format(log_stream: io.StringIO) -> None:
     Logger(get_logger(worker=5)).info_with("hello console", n=3)
     text = stream.getvalue()
     assert "hello console" in text and "n" in text and "worker" in text
+
+
+def test_logger_obtained_before_configuration_follows_it() -> None:
+    structlog.reset_defaults()
+    early = get_logger(component="early")  # e.g. a module-level logger made at import time
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    try:
+        early.debug("filtered")
+        early.info("hello", n=1)
+        (line,) = lines(stream)
+        assert (line["message"], line["component"], line["n"]) == ("hello", "early", 1)
+    finally:
+        structlog.reset_defaults()

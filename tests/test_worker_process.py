@@ -307,7 +307,7 @@ def test_init_failed_on_import_error(harness: WorkerHarness) -> None:
     assert kind == Msg.INIT_FAILED
     assert payload["error_type"] == "HandlerLoadError"
     assert payload["message"] == (
-        f"cannot import handler module 'broken_import' from {HANDLERS}: "
+        f"cannot import handler module 'broken_import' (handler 'broken_import:handler') from {HANDLERS}: "
         "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
     )
     assert "Traceback" in payload["traceback"]
@@ -384,18 +384,43 @@ def test_terminate_waits_briefly_for_background_tasks(harness: WorkerHarness) ->
 # -- drain / terminate / supervisor gone -------------------------------------------------------------
 
 
-def test_drain_runs_callback_after_earlier_events(harness: WorkerHarness) -> None:
+def test_drain_runs_after_the_running_event_ahead_of_queued_ones(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    # The supervisor only drains once the revoked partitions' records are done; events of other
+    # partitions queued on this worker must not delay the drain callback.
+    flag = tmp_path / "go"
     harness.start("basic:handler")
-    harness.events(wire_event(0, b"greet"), wire_event(1, b"x"))
+    harness.events(wire_event(0, f"wait:{flag}".encode()), wire_event(1, b"greet"))
+    deadline = time.monotonic() + 10
+    while {"waiting": 0} not in harness.observed():
+        assert time.monotonic() < deadline, "event 0 never started"
+        select.select([], [], [], 0.01)
     harness.send([Msg.DRAIN, 17])
-    harness.events(wire_event(2, b"greet"))
-    results, _ = harness.results(2)
-    assert statuses(results) == [(0, OK), (1, OK)]
+    flag.touch()
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
     assert harness.next_message() == [Msg.DRAINED, 17]
     results, _ = harness.results(1)
-    assert statuses(results) == [(2, OK)]
+    assert statuses(results) == [(1, OK)]
     observed = harness.observed()
-    assert observed.index({"callback": "drain"}) == 1  # after event 0, before event 2
+    greeted = next(i for i, entry in enumerate(observed) if "greeting" in entry)
+    assert observed.index({"callback": "drain"}) < greeted
+
+
+def test_results_of_finished_events_are_sent_while_a_long_event_runs(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    # Commits (and eventTimeout timing) depend on results arriving while a later handler still runs.
+    flag = tmp_path / "release"
+    harness.start("basic:handler")
+    harness.events(wire_event(0, b"x"), wire_event(1, f"wait:{flag}".encode()))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert {"waiting": 1} in harness.observed()
+    flag.touch()
+    results, _ = harness.results(1)
+    assert statuses(results) == [(1, OK)]
 
 
 def test_terminate_runs_callback_and_exits_zero(harness: WorkerHarness) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .model import TriggerConfig
+import os
+from collections.abc import Mapping
+
+from .model import GroupProtocol, TriggerConfig
 
 # librdkafka refuses max.poll.interval.ms < session.timeout.ms, and a poll interval barely above the
 # session timeout makes a slow handler look like a dead member. Keep at least this much headroom.
@@ -23,6 +26,8 @@ MANAGED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("heartbeat.interval.ms", "use attributes.heartbeatInterval"),
     ("max.poll.interval.ms", "use attributes.maxPollInterval"),
     ("partition.assignment.strategy", "use attributes.balanceStrategy"),
+    ("group.protocol", "use attributes.groupProtocol"),
+    ("group.instance.id", "use attributes.groupInstanceId or attributes.staticMembership"),
     (
         "enable.auto.commit",
         "streamworker commits offsets itself, only after a record's handler finished",
@@ -38,7 +43,26 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def consumer_settings(trigger: TriggerConfig, function_name: str) -> dict[str, str | int | bool | float]:
+def static_member_id(trigger: TriggerConfig, environ: Mapping[str, str]) -> str | None:
+    """The group.instance.id to use, if any: explicit id, else POD_NAME/HOSTNAME when asked for."""
+    attrs = trigger.attributes
+    if attrs.group_instance_id:
+        return attrs.group_instance_id
+    if attrs.static_membership:
+        name = environ.get("POD_NAME") or environ.get("HOSTNAME")
+        if not name:
+            raise ValueError(
+                f"spec.triggers.{trigger.name}.attributes.staticMembership: true needs POD_NAME or "
+                "HOSTNAME in the environment"
+            )
+        # Two triggers of one pod are two members: keep their ids apart.
+        return f"{name}-{trigger.name}"
+    return None
+
+
+def consumer_settings(
+    trigger: TriggerConfig, function_name: str, environ: Mapping[str, str] | None = None
+) -> dict[str, str | int | bool | float]:
     """Build the confluent-kafka ``Consumer`` config for one trigger.
 
     Auto-commit and auto offset store are off: the supervisor stores and commits an offset only once
@@ -60,5 +84,13 @@ def consumer_settings(trigger: TriggerConfig, function_name: str) -> dict[str, s
         "partition.assignment.strategy": attrs.balance_strategy.value,
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
     }
+    if attrs.group_protocol is GroupProtocol.CONSUMER:
+        # KIP-848: the broker owns these; librdkafka refuses to create the consumer if they are set.
+        for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+            del settings[key]
+        settings["group.protocol"] = "consumer"
+    instance_id = static_member_id(trigger, os.environ if environ is None else environ)
+    if instance_id is not None:
+        settings["group.instance.id"] = instance_id
     settings.update(attrs.librdkafka)
     return settings

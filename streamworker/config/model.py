@@ -29,6 +29,13 @@ class BalanceStrategy(enum.StrEnum):
     COOPERATIVE_STICKY = "cooperative-sticky"
 
 
+class GroupProtocol(enum.StrEnum):
+    """Consumer-group protocol: the classic one, or KIP-848's broker-driven ``consumer`` protocol."""
+
+    CLASSIC = "classic"
+    CONSUMER = "consumer"
+
+
 class InitialOffset(enum.StrEnum):
     """Where a consumer group without a committed offset starts (librdkafka's auto.offset.reset)."""
 
@@ -61,6 +68,9 @@ class KafkaAttributes:
     max_poll_interval: float = 300.0
     max_wait_handler_during_rebalance: float = 5.0
     balance_strategy: BalanceStrategy = BalanceStrategy.COOPERATIVE_STICKY
+    group_protocol: GroupProtocol = GroupProtocol.CLASSIC
+    group_instance_id: str | None = None
+    static_membership: bool = False
     max_retries: int = 3
     retry_backoff: float = 0.5
     retry_max_backoff: float = 30.0

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from .durations import format_byte_size, format_duration, parse_byte_size, parse_duration
 from .kafka_settings import MANAGED_SETTINGS
-from .model import AllocationMode, BalanceStrategy, HandlerRef, InitialOffset, KafkaAttributes
+from .model import AllocationMode, BalanceStrategy, GroupProtocol, HandlerRef, InitialOffset, KafkaAttributes
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -181,6 +181,18 @@ def parse_non_negative_int(value: object) -> int:
     if number < 0:
         raise ValueError(f"must be 0 or more, got {number}")
     return number
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def parse_bool(value: object) -> bool:
+    """true/false; the words also come as strings after ``${VAR}`` expansion."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ValueError(f"must be true or false, got {type(value).__name__} {value!r}")
 
 
 def parse_positive_duration(value: object) -> float:
@@ -652,6 +664,30 @@ ATTRIBUTES = SectionSpec(
             enum_parser(BalanceStrategy, {"sticky": BalanceStrategy.COOPERATIVE_STICKY}),
             "Partition assignment strategy. Nuclio's `sticky` is read as cooperative-sticky, which "
             "moves only the partitions that change owner instead of stopping them all.",
+        ),
+        _enum_attribute(
+            "groupProtocol",
+            "group_protocol",
+            enum_parser(GroupProtocol),
+            "classic: the client-side rebalance protocol (default). consumer: KIP-848, where the broker "
+            "assigns partitions; session timeout, heartbeat and balanceStrategy then come from the "
+            "broker and are not sent. Needs a broker that supports it (Kafka 4.0+, recent Redpanda).",
+        ),
+        FieldSpec(
+            "groupInstanceId",
+            "group_instance_id",
+            parse_string,
+            "Static membership id (librdkafka group.instance.id): a member restarting within the "
+            "session timeout gets its partitions back without a rebalance. Must be unique per instance.",
+            default_text="none",
+        ),
+        _attribute(
+            "staticMembership",
+            "static_membership",
+            parse_bool,
+            "Take the static membership id from the POD_NAME (else HOSTNAME) environment variable, so a "
+            "StatefulSet/Deployment pod keeps its partitions across restarts. groupInstanceId wins if set.",
+            lambda default: "false",
         ),
         _attribute(
             "maxRetries",

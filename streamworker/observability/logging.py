@@ -5,14 +5,15 @@ were bound or passed. Each line is flushed as soon as it is written, so containe
 it immediately even when stdout is a pipe.
 
 Level filtering uses ``structlog.make_filtering_bound_logger``: a call below the configured level is a
-method that just returns ``None``. The level is fixed when the logger is created, so call
-``configure_logging`` before ``get_logger`` (loggers obtained earlier keep the old configuration).
+method that just returns ``None``. A logger from ``get_logger`` after ``configure_logging`` keeps the
+configuration of that moment (level and stream); one obtained before any configuration follows the
+configuration current at each call (see ``get_logger``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import FilteringBoundLogger, Processor
@@ -93,6 +94,14 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:
-    """A concrete (already configured) logger with ``bound`` fields on every line."""
-    logger: FilteringBoundLogger = structlog.get_logger().bind(**bound)
-    return logger
+    """A logger with ``bound`` fields on every line.
+
+    After ``configure_logging`` this is a concrete filtering logger: a call below the level costs a
+    no-op method call. Before it (e.g. a module-level ``log = get_logger(...)`` run at import time)
+    it is a lazy proxy that follows whatever configuration is current when it logs, at the price of
+    assembling a logger on every call.
+    """
+    if structlog.is_configured():
+        logger: FilteringBoundLogger = structlog.get_logger().bind(**bound)
+        return logger
+    return cast(FilteringBoundLogger, structlog.get_logger(**bound))

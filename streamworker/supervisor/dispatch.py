@@ -103,7 +103,7 @@ class Lane:
 
 
 class PartitionState:
-    __slots__ = ("buffered", "buffered_bytes", "lanes", "offsets", "paused", "revoking", "tp")
+    __slots__ = ("buffered", "buffered_bytes", "handled_by", "lanes", "offsets", "paused", "revoking", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
@@ -113,6 +113,8 @@ class PartitionState:
         self.buffered_bytes = 0
         self.paused = False
         self.revoking = False
+        # Workers that were sent records of this partition: their drain callbacks run on revoke.
+        self.handled_by: set[int] = set()
 
     @property
     def inflight(self) -> int:
@@ -190,6 +192,10 @@ class Dispatcher:
             if any(self._inflight[seq][F_LANE] in lanes for seq in slot.outstanding if seq in self._inflight)
         }
 
+    def handled_by(self, tps: Iterable[TopicPartition]) -> set[int]:
+        """Workers that were given records of any of ``tps`` since they were assigned."""
+        return {wid for tp in tps if tp in self._partitions for wid in self._partitions[tp].handled_by}
+
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Drop all state of partitions this member no longer owns. Late results are ignored."""
         for tp in tps:
@@ -264,6 +270,7 @@ class Dispatcher:
                 slot.outstanding_bytes += record_size(record)
                 batch.append(record)
             free[wid] -= count
+            lane.partition.handled_by.add(wid)
             lane.inflight += count
             lane.worker = wid
             if not pending:

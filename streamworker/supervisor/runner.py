@@ -28,6 +28,7 @@ from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, Record
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
+from streamworker.worker.sdk import decode_strings_from_env
 
 TP = tuple[str, int]
 
@@ -46,6 +47,7 @@ class Outcome(enum.IntEnum):
 
     CLEAN = 0
     FAILED = 1
+    CONFIG_INVALID = 2
     HANDLER_LOAD_FAILED = 3
 
 
@@ -69,13 +71,9 @@ class WorkerSeat:
 @dataclass
 class RunnerOptions:
     log_level: str = "info"
+    log_format: str = "json"
     # Extra environment for workers on top of os.environ and spec.env (tests use it).
     extra_env: Mapping[str, str] = field(default_factory=dict)
-
-
-def _decode_strings(env: Mapping[str, str]) -> bool:
-    flag = env.get("NUCLIO_PYTHON_DECODE_EVENT_STRINGS", "").strip().lower()
-    return flag not in {"no", "false", "disable", "disabled"}
 
 
 def _partition_list(partitions: list[TopicPartition]) -> list[TP]:
@@ -96,7 +94,12 @@ class TriggerRunner:
         self.stop = stop
         self.options = options or RunnerOptions()
         self.log = get_logger(trigger=trigger.name)
-        self.env = {**os.environ, **function.env, **self.options.extra_env}
+        self.env = {
+            **os.environ,
+            **function.env,
+            "STREAMWORKER_LOG_FORMAT": self.options.log_format,
+            **self.options.extra_env,
+        }
         self._retry_backoff = Backoff(self.attrs.retry_backoff, self.attrs.retry_max_backoff)
         self._respawn_backoff = Backoff(0.5, 30.0)
         self.dispatcher = Dispatcher(
@@ -114,6 +117,7 @@ class TriggerRunner:
         self._stopping = False
         self._last_commit = 0.0
         self._commit_failures: dict[TP, int] = {}
+        self._drain_requests = 0
 
     # -- worker management ------------------------------------------------------------------
     def _worker_init(self, worker_id: int) -> WorkerInit:
@@ -124,7 +128,7 @@ class TriggerRunner:
             trigger_name=self.trigger.name,
             trigger_kind=self.trigger.kind,
             function_name=self.function.name,
-            decode_strings=_decode_strings(self.env),
+            decode_strings=decode_strings_from_env(self.env),
             log_level=self.options.log_level,
         )
 
@@ -246,14 +250,19 @@ class TriggerRunner:
 
     # -- Kafka ------------------------------------------------------------------------------
     def _build_consumer(self) -> Consumer:
-        settings: dict[str, Any] = dict(consumer_settings(self.trigger, self.function.name))
+        try:
+            settings: dict[str, Any] = dict(consumer_settings(self.trigger, self.function.name, self.env))
+        except ValueError as exc:
+            raise FatalTriggerError(Outcome.CONFIG_INVALID, f"{self.function.path.name}: {exc}") from exc
         settings["error_cb"] = self._on_kafka_error
         settings["on_commit"] = self._on_commit
         settings["logger"] = _librdkafka_logger(self.log)
         try:
             return Consumer(settings)
         except KafkaException as exc:
-            raise FatalTriggerError(Outcome.FAILED, f"invalid Kafka client settings: {exc}") from exc
+            raise FatalTriggerError(
+                Outcome.CONFIG_INVALID, f"{self.function.path.name}: invalid Kafka client settings: {exc}"
+            ) from exc
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         self.log.warning("kafka client error", error=error.str(), code=error.name(), fatal=error.fatal())
@@ -284,6 +293,8 @@ class TriggerRunner:
             self._kill_worker(self.seats[wid], "handler still running at the rebalance deadline")
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
+        drained = self._drain(self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0))
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
         self.log.info(
@@ -291,9 +302,36 @@ class TriggerRunner:
             partitions=_fmt(tps),
             dropped_buffered=dropped,
             committed=committed,
+            drained_workers=drained,
             killed_workers=sorted(stuck),
             took_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    def _drain(self, worker_ids: set[int], deadline: float) -> list[int]:
+        """Run the drain callbacks of ``worker_ids`` and wait for each to report it done (bounded)."""
+        self._drain_requests += 1
+        request = self._drain_requests
+        asked = []
+        for wid in sorted(worker_ids):
+            process = self.seats[wid].process
+            if process is not None and process.state is WorkerState.READY:
+                process.send([Msg.DRAIN, request])
+                asked.append(wid)
+
+        def pending() -> list[int]:
+            return [
+                wid
+                for wid in asked
+                if (process := self.seats[wid].process) is not None and request not in process.drained
+            ]
+
+        while pending() and time.monotonic() < deadline:
+            self._flush_writers()
+            self._pump(min(0.05, max(0.0, deadline - time.monotonic())))
+        late = pending()
+        if late:
+            self.log.warning("drain callbacks did not finish before the rebalance deadline", workers=late)
+        return [wid for wid in asked if wid not in late]
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = _partition_list(partitions)

@@ -63,7 +63,8 @@ def load_handler(code_dir: str, handler: str) -> LoadedHandler:
             raise
         detail = " ".join(str(exc).split())  # one line, even for SyntaxError's multi-line text
         raise HandlerLoadError(
-            f"cannot import handler module {module_name!r} from {code_dir}: {type(exc).__name__}: {detail}"
+            f"cannot import handler module {module_name!r} (handler '{module_name}:{function_name}') "
+            f"from {code_dir}: {type(exc).__name__}: {detail}"
         ) from exc
 
     where = getattr(module, "__file__", None) or _module_file(module_name, code_dir)

@@ -79,6 +79,11 @@ _INIT = int(Msg.INIT)
 _PR_SET_PDEATHSIG = 1
 
 
+def _log_format() -> str:
+    fmt = os.environ.get(LOG_FORMAT_ENV_VAR, "json").strip().lower()
+    return fmt if fmt in ("json", "console") else "json"
+
+
 class _SupervisorGone(Exception):
     """Writing to the supervisor failed: it is not there any more."""
 
@@ -139,7 +144,12 @@ class Worker:
         self._terminate_pending = False
         self._reading = False
         self._protocol_error: str | None = None
-        self._results: list[list[Any]] = []
+        # Results wait here until flushed. A deque, because the flusher thread pops from it while the
+        # loop appends; both poppers hold ``_write_lock`` so results leave in the order they were made.
+        self._results: deque[list[Any]] = deque()
+        self._write_lock = threading.Lock()
+        self._last_flush = 0.0
+        self._flusher_started = False
         # Explicit acks; a handler may make them from its own threads, hence the lock.
         self._acks: list[list[Any]] = []
         self._acks_lock = threading.Lock()
@@ -171,7 +181,9 @@ class Worker:
             if kind == _EVENTS:
                 inbox.extend(message[1])
             elif kind == _DRAIN:
-                inbox.append((_DRAIN, message[1]))
+                # Ahead of queued events: a drain is about partitions whose records are all done
+                # already (the supervisor waits for them first); other partitions' events can wait.
+                inbox.appendleft((_DRAIN, message[1]))
             elif kind == _TERMINATE:
                 inbox.append((_TERMINATE, None))
                 self._terminate_pending = True
@@ -198,18 +210,45 @@ class Worker:
 
     def _flush(self, tail: bytes = b"") -> None:
         """Send pending ACKS, then RESULTS, then ``tail``, in one write."""
-        parts: list[bytes] = []
-        if self._acks:
-            with self._acks_lock:
-                acks, self._acks = self._acks, []
-            parts.append(encode([Msg.ACKS, acks]))
-        if self._results:
-            parts.append(encode([Msg.RESULTS, self._results]))
-            self._results.clear()
-        if tail:
-            parts.append(tail)
-        if parts:
-            self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+        with self._write_lock:
+            parts: list[bytes] = []
+            if self._acks:
+                with self._acks_lock:
+                    acks, self._acks = self._acks, []
+                parts.append(encode([Msg.ACKS, acks]))
+            results = self._results
+            if results:
+                pop = results.popleft
+                parts.append(encode([Msg.RESULTS, [pop() for _ in range(len(results))]]))
+            if tail:
+                parts.append(tail)
+            if parts:
+                self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._last_flush = time.perf_counter()
+
+    def _start_flusher(self) -> None:
+        """Send finished results while the loop is stuck in a long handler call.
+
+        Without it, results of quick events that ran just before a 10-minute handler would wait for
+        that handler: their offsets could not be committed and the supervisor could not tell when the
+        long call started (it times ``eventTimeout`` from the last results it got).
+        """
+        if self._flusher_started:
+            return
+        self._flusher_started = True
+
+        def flush_periodically() -> None:
+            while True:
+                time.sleep(FLUSH_INTERVAL_S)
+                if (self._results or self._acks) and (
+                    time.perf_counter() - self._last_flush >= FLUSH_INTERVAL_S
+                ):
+                    try:
+                        self._flush()
+                    except _SupervisorGone:
+                        os._exit(EXIT_SUPERVISOR_GONE)
+
+        threading.Thread(target=flush_periodically, name="streamworker-result-flusher", daemon=True).start()
 
     def _queue_ack(self, topic: str, partition: int, offset: int) -> None:
         with self._acks_lock:
@@ -267,7 +306,7 @@ class Worker:
         """Load the handler and run init_context; send READY or INIT_FAILED."""
         try:
             init = WorkerInit.from_wire(data)
-            configure_logging(init.log_level, os.environ.get(LOG_FORMAT_ENV_VAR, "json"))
+            configure_logging(init.log_level, _log_format())
             self._log = get_logger(
                 function=init.function_name, worker=init.worker_id, trigger=init.trigger_name
             )
@@ -300,6 +339,7 @@ class Worker:
                 self._init_failed(type(exc).__name__, message, exc)
                 return False
         self._write(encode([Msg.READY, {"pid": os.getpid()}]))
+        self._start_flusher()
         return True
 
     def _init_failed(self, error_type: str, message: str, exc: BaseException) -> None:
@@ -373,7 +413,11 @@ class Worker:
 
             if t1 - last_flush >= FLUSH_INTERVAL_S or len(results) >= FLUSH_MAX_RESULTS:
                 self._flush()
-                # Let background tasks and the pipe reader run.
+                # Read the pipe now rather than through the loop's reader callback: after sleep(0)
+                # this task resumes before that callback runs, so a DRAIN could wait a whole batch.
+                if self._reading:
+                    self._on_readable()
+                # Let background tasks run.
                 await sleep(0)
                 if self._eof and not self._terminate_pending:
                     # The supervisor closed our input: it is gone or wants us gone; results could
@@ -465,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-fd", type=int, required=True, help="pipe to the supervisor")
     args = parser.parse_args(argv)
 
-    configure_logging("info", os.environ.get(LOG_FORMAT_ENV_VAR, "json"))
+    configure_logging("info", _log_format())
     worker = Worker(args.in_fd, args.out_fd)
     code = asyncio.run(worker.run())
     sys.stdout.flush()
