@@ -170,3 +170,33 @@ def test_byte_limit_also_pauses() -> None:
     d.assign([(T, 0)])
     d.add([rec(0, 0, value=b"x" * 150)])
     assert d.flow_control() == ([(T, 0)], [])
+
+
+def test_ambiguous_crash_blames_nobody_and_reruns_each_suspect_alone() -> None:
+    # The worker died with three events queued and no result for any: which one ran is unknown.
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(3)])
+    d.take_dispatches(0.0)
+    assert d.worker_lost(0, "exit code 1", now=1.0, head_running=False) == []
+    d.worker_ready(0)
+    for offset in range(3):
+        batch = d.take_dispatches(2.0)[0]
+        assert offsets(batch) == [(0, offset)], "a suspect runs alone"
+        assert batch[0][F_ATTEMPT] == 1, "nobody was blamed"
+        assert d.take_dispatches(2.0) == {}, "nothing is queued behind a suspect"
+        d.complete(0, ok(batch), 2.0)
+    d.add([rec(0, 3), rec(0, 4)])
+    assert offsets(d.take_dispatches(3.0)[0]) == [(0, 3), (0, 4)], "back to batches once cleared"
+
+
+def test_crash_while_a_suspect_runs_alone_blames_it() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(2)])
+    d.take_dispatches(0.0)
+    d.worker_lost(0, "exit code 1", now=1.0, head_running=False)
+    d.worker_ready(0)
+    d.take_dispatches(2.0)
+    failures = d.worker_lost(0, "exit code 1", now=3.0, head_running=False)
+    assert [(f.record[F_OFFSET], f.error_type) for f in failures] == [(0, "WorkerLost")]

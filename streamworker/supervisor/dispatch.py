@@ -128,9 +128,11 @@ class WorkerSlot:
     ready: bool = False
     outstanding: deque[int] = field(default_factory=deque)
     outstanding_bytes: int = 0
+    # Running a suspect record alone: nothing else may be queued behind it.
+    exclusive: bool = False
 
     def free(self, settings: DispatchSettings) -> int:
-        if not self.ready or self.outstanding_bytes >= settings.window_bytes:
+        if not self.ready or self.exclusive or self.outstanding_bytes >= settings.window_bytes:
             return 0
         return settings.window_events - len(self.outstanding)
 
@@ -144,6 +146,9 @@ class Dispatcher:
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
         self._inflight: dict[int, Record] = {}  # seq -> record queued on a worker
         self._workers = [WorkerSlot() for _ in range(settings.num_workers)]
+        # (topic, partition, offset) of records that were queued on a worker that died while nobody
+        # could tell which event it was running; each runs alone until it completes.
+        self._suspects: set[tuple[str, int, int]] = set()
         self._next_seq = 0
         self._next_lane = 0
 
@@ -202,6 +207,7 @@ class Dispatcher:
             state = self._partitions.pop(tp, None)
             if state is None:
                 continue
+            self._suspects = {s for s in self._suspects if (s[0], s[1]) != tp}
             lane_ids = {lane.id for lane in state.lanes}
             for lane_id in lane_ids:
                 self._lanes.pop(lane_id, None)
@@ -256,6 +262,10 @@ class Dispatcher:
                 continue
             count = min(free[wid], len(lane.pending), settings.lane_batch)
             slot = workers[wid]
+            if self._suspects:
+                count = self._suspect_limit(lane, slot, count)
+                if count == 0:
+                    continue
             batch = out.setdefault(wid, [])
             pending = lane.pending
             for _ in range(count):
@@ -278,6 +288,22 @@ class Dispatcher:
         for lane_id in emptied:
             del self._runnable[lane_id]
         return out
+
+    def _suspect_limit(self, lane: Lane, slot: WorkerSlot, count: int) -> int:
+        """How many of the lane's next records may go now: a suspect only alone, on an idle worker."""
+        suspects = self._suspects
+        pending = lane.pending
+        head = pending[0]
+        if (head[F_TOPIC], head[F_PARTITION], head[F_OFFSET]) in suspects:
+            if slot.outstanding:
+                return 0
+            slot.exclusive = True
+            return 1
+        for index in range(1, count):
+            record = pending[index]
+            if (record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]) in suspects:
+                return index
+        return count
 
     # -- completions ------------------------------------------------------------------------
     def complete(self, wid: int, results: Iterable[Result], now: float) -> list[Failure]:
@@ -315,30 +341,39 @@ class Dispatcher:
                 self._settle(lane)
         if not slot.outstanding:
             slot.outstanding_bytes = 0
+            slot.exclusive = False
         return failures
 
-    def worker_lost(self, wid: int, reason: str, now: float) -> list[Failure]:
-        """A worker died or was killed. Its running record failed; the rest go back to their lanes."""
+    def worker_lost(self, wid: int, reason: str, now: float, head_running: bool = True) -> list[Failure]:
+        """A worker died or was killed; what was queued on it goes back to its lanes.
+
+        ``head_running``: the caller knows the head of the worker's queue was the event running (the
+        worker was killed over it, or no results came for long enough that finished events would
+        have been reported). Then that record's attempt failed. Otherwise, with several events
+        queued, nobody can tell which one was running: none is blamed, and each becomes a *suspect*
+        that is re-run alone, so a record that kills its worker is found at its next crash.
+        """
         slot = self._workers[wid]
+        records = [r for r in (self._inflight.pop(seq, None) for seq in slot.outstanding) if r is not None]
+        # The head's partition may have been forgotten (revoked): then the one running is unknown too.
+        head_known = bool(records) and records[0][F_SEQ] == slot.outstanding[0]
+        certain = head_running or len(records) == 1
         failures: list[Failure] = []
         touched: list[Lane] = []
-        first = True
-        for seq in slot.outstanding:
-            record = self._inflight.pop(seq, None)
-            if record is None:
-                first = False
-                continue
+        for index, record in enumerate(records):
             lane = self._lanes[record[F_LANE]]
             lane.inflight -= 1
-            if first:
+            if index == 0 and certain and head_known:
                 failures.append(self._fail(lane, record, "WorkerLost", reason, now))
             else:
+                if not certain:
+                    self._suspects.add((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
                 lane.returned.append(record)
-            first = False
             touched.append(lane)
         slot.outstanding.clear()
         slot.outstanding_bytes = 0
         slot.ready = False
+        slot.exclusive = False
         # The replacement process holds no lanes: nothing needs a retry flag, and pool lanes are free.
         for lane in self._lanes.values():
             if lane.worker == wid and lane.inflight == 0:
@@ -362,6 +397,8 @@ class Dispatcher:
         return None
 
     def _finish(self, state: PartitionState, record: Record) -> None:
+        if self._suspects:
+            self._suspects.discard((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
         state.offsets.done(record[F_OFFSET])
         state.buffered -= 1
         state.buffered_bytes -= record_size(record)

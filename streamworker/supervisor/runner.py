@@ -38,6 +38,8 @@ IDLE_POLL_SECONDS = 0.1
 BUSY_WAIT_SECONDS = 0.005
 CONSUME_BATCH = 1000
 COMMIT_INTERVAL_SECONDS = 1.0
+# No results for this long means the worker's head event is the one running (see _on_worker_gone).
+RESULTS_QUIET_SECONDS = 0.1
 # A worker that stayed up this long is healthy again: its crash-loop backoff starts over.
 STABLE_WORKER_SECONDS = 30.0
 
@@ -148,7 +150,10 @@ class TriggerRunner:
         seat.process = None
         if stopping:
             return
-        failures = self.dispatcher.worker_lost(seat.worker_id, reason, now)
+        # Finished events are reported within ~10 ms (the worker's flusher), so after a quiet spell
+        # the head of the queue is the event that was running; a kill is always about the head.
+        head_running = process.kill_reason is not None or now - process.busy_since > RESULTS_QUIET_SECONDS
+        failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running)
         for failure in failures:
             self._log_failure(failure)
         if now - process.started_at > STABLE_WORKER_SECONDS:
