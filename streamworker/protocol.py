@@ -10,6 +10,8 @@ Supervisor -> worker
     [EVENTS, [event, ...]]                         event = WireEvent as a list (see ``EVENT_FIELDS``)
     [DRAIN, request_id]                            run drain callbacks, answer DRAINED
     [TERMINATE]                                    run termination callbacks, answer TERMINATED, exit 0
+    [CANCEL, [lane, ...]]                          drop queued (not started) events of these lanes,
+                                                   answering DEFERRED for each (partitions revoked)
 
 Worker -> supervisor
     [READY, {"pid": int}]                          handler imported and init_context done
@@ -44,6 +46,7 @@ class Msg(enum.IntEnum):
     EVENTS = 1
     DRAIN = 2
     TERMINATE = 3
+    CANCEL = 4
     READY = 10
     INIT_FAILED = 11
     RESULTS = 12

@@ -543,3 +543,24 @@ def test_parent_watchdog_exits_when_parent_changes() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT, check=False)
     assert proc.returncode == 70
+
+
+def test_cancel_drops_queued_events_of_revoked_lanes_but_not_the_running_one(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
+    harness.start("basic:handler")
+    harness.events(
+        wire_event(0, f"wait:{flag}".encode(), lane=7),
+        wire_event(1, b"greet", lane=7),
+        wire_event(2, b"x", lane=8),
+    )
+    deadline = time.monotonic() + 10
+    while {"waiting": 0} not in harness.observed():
+        assert time.monotonic() < deadline, "event 0 never started"
+        select.select([], [], [], 0.01)
+    harness.send([Msg.CANCEL, [7]])
+    flag.touch()
+    results, _ = harness.results(3)
+    assert sorted(statuses(results)) == [(0, OK), (1, DEFERRED), (2, OK)]
+    assert not [entry for entry in harness.observed() if "greeting" in entry], "event 1 must not run"

@@ -186,6 +186,9 @@ class Dispatcher:
                 self._runnable.pop(lane.id, None)
         return dropped
 
+    def lanes_of(self, tps: Iterable[TopicPartition]) -> list[int]:
+        return [lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes]
+
     def inflight_in(self, tps: Iterable[TopicPartition]) -> int:
         return sum(self._partitions[tp].inflight for tp in tps if tp in self._partitions)
 

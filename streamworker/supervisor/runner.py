@@ -291,6 +291,13 @@ class TriggerRunner:
             return
         started = time.monotonic()
         dropped = self.dispatcher.begin_revoke(tps)
+        # Events of these partitions queued on workers but not started are dropped there too: only
+        # the running ones are worth waiting for; the new owner refetches the rest.
+        lanes = self.dispatcher.lanes_of(tps)
+        for wid in self.dispatcher.workers_busy_with(tps):
+            process = self.seats[wid].process
+            if process is not None:
+                process.send([Msg.CANCEL, lanes])
         deadline = started + self.attrs.max_wait_handler_during_rebalance
         self._wait_for_inflight(tps, deadline)
         stuck = self.dispatcher.workers_busy_with(tps)

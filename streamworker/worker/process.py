@@ -74,6 +74,7 @@ _NO_ACK = int(Status.NO_ACK)
 _EVENTS = int(Msg.EVENTS)
 _DRAIN = int(Msg.DRAIN)
 _TERMINATE = int(Msg.TERMINATE)
+_CANCEL = int(Msg.CANCEL)
 _INIT = int(Msg.INIT)
 
 _PR_SET_PDEATHSIG = 1
@@ -184,6 +185,8 @@ class Worker:
                 # Ahead of queued events: a drain is about partitions whose records are all done
                 # already (the supervisor waits for them first); other partitions' events can wait.
                 inbox.appendleft((_DRAIN, message[1]))
+            elif kind == _CANCEL:
+                self._cancel(set(message[1]))
             elif kind == _TERMINATE:
                 inbox.append((_TERMINATE, None))
                 self._terminate_pending = True
@@ -196,6 +199,22 @@ class Worker:
             self._stop_reading()
         assert self._wakeup is not None
         self._wakeup.set()
+
+    def _cancel(self, lanes: set[Any]) -> None:
+        """Drop queued events of revoked lanes unrun, so a rebalance waits only for the running one.
+
+        Their new owner fetches them again from the committed offset; DEFERRED tells the supervisor
+        they did not run.
+        """
+        inbox = self._inbox
+        kept = [item for item in inbox if type(item) is not list or item[F_LANE] not in lanes]
+        if len(kept) == len(inbox):
+            return
+        for item in inbox:
+            if type(item) is list and item[F_LANE] in lanes:
+                self._results.append([item[F_SEQ], _DEFERRED, 0.0, None, None])
+        inbox.clear()
+        inbox.extend(kept)
 
     def _stop_reading(self) -> None:
         if self._reading and self._loop is not None:
