@@ -11,9 +11,11 @@ different worker processes never interleave. Kinds of lines:
 * ``drain`` / ``terminate``: drain and termination callback calls, with the partitions the worker
   handled since its previous drain (tracked by the handler module itself).
 
-A record body is JSON ``{"id": ..., "hang": bool}``. A ``hang`` record blocks its handler on the
-first attempt only (``event.attempt == 1``), for ``HANG_S`` seconds or until ``RELEASE_FILE``
-exists, and only in the instances listed in ``HANG_INSTANCES`` (every instance when unset).
+A record body is JSON ``{"id": ..., "hang": bool}``. A ``hang`` record blocks its handler once:
+on its first attempt (``event.attempt == 1``) and the first time any worker sees it (a marker file
+per record id), for ``HANG_S`` seconds or until ``RELEASE_FILE`` exists, and only in the instances
+listed in ``HANG_INSTANCES`` (every instance when unset). A ``hang`` ledger line marks the start of
+the block.
 
 Group rules from ``/work/shared/notes/broker.md``: unique topic and group per test, one timeout
 profile (quick) for every member of a group, end offsets from delivery reports, topics never deleted.
@@ -48,6 +50,7 @@ DELAY_S = float(os.environ.get("HANDLER_DELAY_S", "0"))
 HANG_S = float(os.environ.get("HANG_S", "30"))
 RELEASE_FILE = os.environ.get("RELEASE_FILE", "")
 HANG_INSTANCES = [name for name in os.environ.get("HANG_INSTANCES", "").split(",") if name]
+HANG_MARKERS = LEDGER + ".hung"
 
 # Partitions this worker handled since its last drain callback.
 handled_since_drain = set()
@@ -83,6 +86,16 @@ def init_context(context):
     context.platform.set_termination_callback(on_terminate)
 
 
+def first_sight(record_id):
+    # True only the first time any worker of any instance asks about this record id.
+    os.makedirs(HANG_MARKERS, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(HANG_MARKERS, record_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def hang():
     deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
@@ -105,7 +118,13 @@ def handler(context, event):
     }
     write("start", context, **fields)
     handled_since_drain.add(event.partition)
-    if body.get("hang") and event.attempt == 1 and (not HANG_INSTANCES or INSTANCE in HANG_INSTANCES):
+    if (
+        body.get("hang")
+        and event.attempt == 1
+        and (not HANG_INSTANCES or INSTANCE in HANG_INSTANCES)
+        and first_sight(body["id"])
+    ):
+        write("hang", context, **fields)
         hang()
     if DELAY_S:
         time.sleep(DELAY_S)
@@ -181,6 +200,11 @@ def logs_named(proc: Any, message: str, start: int = 0, end: int | None = None) 
 
 def is_message(message: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
     return lambda log: log.get("message") == message and all(log.get(k) == v for k, v in fields.items())
+
+
+def assert_no_log(proc: Any, *messages: str) -> None:
+    found = [log for log in proc.logs if log.get("message") in messages]
+    assert not found, f"unexpected log lines: {found}\n{proc.output()}"
 
 
 def started_worker_pids(proc: Any) -> set[int]:
@@ -272,8 +296,12 @@ class SteadyProducer(threading.Thread):
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
+        """Stop producing and wait for the last delivery reports (does not assert: see verify)."""
         self._stop_event.set()
         self.join(30)
+
+    def verify(self) -> None:
+        """Every produced record was acknowledged: ``ids`` and ``end_offsets`` are complete."""
         assert not self.is_alive(), "producer thread did not stop"
         assert not self.errors, self.errors
         assert self.unflushed == 0, f"{self.unflushed} records never acknowledged"
@@ -344,6 +372,10 @@ def test_cooperative_rebalance_moves_only_some_partitions_without_loss(
             env={"LEDGER": str(ledger), "HANDLER_DELAY_S": "0.005"},
             workers=2,
             strategy="cooperative-sticky",
+            # Tansu answers a long-polling fetch only when fetch.wait.max.ms runs out, not when new
+            # records arrive (a plain consumer of a steady stream sees ~0.3 s steps with the default
+            # 500, 0.1 s with 100): keep that broker artefact small next to the pauses measured here.
+            attributes={"librdkafka": {"fetch.wait.max.ms": 100}},
         ),
     )
     # ~100 records/s round-robin: each partition gets one every ~40 ms, well below what one
@@ -402,6 +434,7 @@ def test_cooperative_rebalance_moves_only_some_partitions_without_loss(
         )
     finally:
         producer.stop()
+    producer.verify()
 
     wait_committed(wait_until, broker_bootstrap, group, topic, producer.end_offsets)
     stop_cleanly(a)
@@ -439,15 +472,21 @@ def test_cooperative_rebalance_moves_only_some_partitions_without_loss(
         )
     assert {d["worker_id"] for d in a_drains} == set(revoke["drained_workers"])
     assert not of_kind(entries, "drain", instance="B"), "B was never revoked while it ran"
+    for proc in (a, b):
+        assert_no_log(proc, "partitions lost (session expired); nothing committed for them")
+        assert_no_log(proc, "worker died; replacing it", "killing worker", "handler failed; will retry")
 
-    # Kept partitions keep flowing: the largest gap between consecutive handler starts in A, from
-    # B's start until a second after B handled its first record, stays below 1 s. Bound: records
-    # arrive every ~40 ms per partition; the rebalance can only hold a kept partition for one poll
-    # cycle (<= 100 ms) plus the revoke of the moved partitions (wait for their in-flight records,
-    # drain, synchronous commit: tens of ms), because cooperative-sticky leaves kept partitions
-    # assigned and fetching; an eager rebalance would stop them for the whole rejoin (> 1 s here).
+    # Kept partitions keep flowing: the largest gap between consecutive handler starts in A stays
+    # below 1 s from B's subscribing ("consuming", logged once its workers are up: starting three
+    # Python processes on a 2-core box alone stalls A for ~0.25 s) until a second after B handled
+    # its first record. Why 1 s: records arrive every ~40 ms per partition but Tansu hands them out
+    # in ~0.1 s steps (fetch.wait.max.ms above); the rebalance may add one poll cycle (<= 100 ms)
+    # plus the revoke of the moved partitions (wait for their in-flight records, drain callbacks,
+    # synchronous commit: a few ms here), because cooperative-sticky leaves the kept partitions
+    # assigned and fetching (measured: 0.13-0.21 s at most). An eager rebalance stops every
+    # partition from the revoke until the rejoin's assignment (> 1 s with the quick profile).
     kept = {0, 1, 2, 3} - moved_numbers
-    window = (b_started, b_first + 1.0)
+    window = (log_time(b.wait_for_log("consuming", 1)), b_first + 1.0)
     for partition in sorted(kept):
         starts = sorted(e["start"] for e in of_kind(entries, "start", instance="A", partition=partition))
         before = [s for s in starts if s < window[0]][-1:]
@@ -500,6 +539,11 @@ def test_sigkilled_worker_is_replaced_and_its_record_redelivered(
     )[0]
     victim_pid = hung["pid"]
     assert victim_pid in started_worker_pids(proc)
+    assert of_kind(read_ledger(ledger), "hang", id=victim_id)
+    # Let the handler be clearly mid-call: the supervisor blames the record a worker was running
+    # only when that worker sent no results for a moment (finished records are reported within
+    # ~10 ms); a crash right after other results could have come from any queued record.
+    wait_until(lambda: time.time() - hung["start"] >= 0.3, 5)
     before_kill = len(proc.logs)
     killed_at = time.time()
     os.kill(victim_pid, signal.SIGKILL)
@@ -560,7 +604,7 @@ def test_sigkilled_supervisor_takes_its_workers_down_and_a_restart_resumes(
             workers=2,
         ),
     )
-    ids = [f"r-{i:04d}" for i in range(400)]
+    ids = [f"r-{i:04d}" for i in range(600)]
     end = produce(
         broker_bootstrap,
         topic,
@@ -569,8 +613,14 @@ def test_sigkilled_supervisor_takes_its_workers_down_and_a_restart_resumes(
     assert sum(end.values()) == len(ids)
 
     first = streamworker_process(config, env={"INSTANCE": "first"})
-    # 400 records x 10 ms over 2 workers: ~2 s of work; kill well inside it, after ~1 commit.
-    wait_until(lambda: len(of_kind(read_ledger(ledger), "end", instance="first")) >= 120, 30)
+    # 600 records x 10 ms over 2 workers: ~3 s of work. Kill inside it, once the first periodic
+    # commit (every second) is visible, so the restart has a real position to resume from.
+    wait_until(
+        lambda: sum(committed_offsets(broker_bootstrap, group, topic, [0, 1]).values()) > 0,
+        30,
+        interval=0.1,
+        message="the first instance never committed",
+    )
     workers = started_worker_pids(first)
     assert len(workers) == 2, first.output()
     first.send_signal(signal.SIGKILL)  # the supervisor only, not its process group
@@ -597,7 +647,13 @@ def test_sigkilled_supervisor_takes_its_workers_down_and_a_restart_resumes(
     handled = Counter(e["id"] for e in of_kind(entries, "end"))
     missing = set(ids) - set(handled)
     assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:10]}"
-    print(f"duplicates after the supervisor was killed: {sum(1 for n in handled.values() if n > 1)}")
+    duplicates = {rid for rid, n in handled.items() if n > 1}
+    print(f"duplicates after the supervisor was killed: {len(duplicates)}")
+    # Only records past the committed position can run twice: those the first instance handled
+    # after its last commit.
+    offset_of = {(e["partition"], e["offset"]): e["id"] for e in of_kind(entries, "end")}
+    uncommitted = {rid for (p, o), rid in offset_of.items() if o >= committed_before.get(p, 0)}
+    assert duplicates <= uncommitted, sorted(duplicates - uncommitted)[:10]
     # The restart resumed from the committed offsets: its first record of each partition is there.
     second_starts = of_kind(entries, "start", instance="second")
     for partition in (0, 1):
@@ -721,6 +777,7 @@ def test_second_sigterm_forces_exit_without_committing_the_hung_record(
     assert code == 128 + signal.SIGTERM, f"exit code {code}\n{proc.output()}"
     assert took < 3.0, f"forced exit took {took:.2f}s"
     assert logs_named(proc, "second signal: forced exit, nothing more is committed"), proc.output()
+    assert_no_log(proc, "stopped", "exiting")
     wait_until(lambda: all(pid_gone(pid) for pid in workers), 5, message="workers outlived the forced exit")
 
     committed = committed_offsets(broker_bootstrap, group, topic, [0])

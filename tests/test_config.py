@@ -734,7 +734,7 @@ def test_unknown_key_without_a_close_match_lists_the_keys(fn_dir: Path) -> None:
     trigger_of(doc)["zzz"] = 1
     assert error_of(fn_dir, doc) == (
         "function.yaml: spec.triggers.orders.zzz: unknown key (expected one of: kind, name, numWorkers, "
-        "workerTerminationTimeout, attributes, class, maxWorkers, annotations, "
+        "explicitAckMode, workerTerminationTimeout, attributes, class, maxWorkers, annotations, "
         "workerAvailabilityTimeoutMilliseconds, disable)"
     )
 
@@ -822,7 +822,7 @@ A = "spec.triggers.orders.attributes"
         ),
         # enums
         (f"{A}.initialOffset", "first", "must be one of 'earliest', 'latest'; got 'first'"),
-        (f"{A}.workerAllocationMode", "shared", "must be one of 'pool', 'static'; got 'shared'"),
+        (f"{A}.workerAllocationMode", "shared", "must be one of 'pool', 'static', 'key'; got 'shared'"),
         (
             f"{A}.balanceStrategy",
             "random",
@@ -1095,7 +1095,7 @@ def test_printed_defaults_parse_back_to_the_model_defaults() -> None:
             assert parse_duration(spec.default_text) == model_default, spec.key
         elif spec.key == "maxBufferedBytes":
             assert parse_byte_size(spec.default_text) == model_default
-        elif spec.choices:
+        elif spec.choices and spec.default is not None:
             assert spec.default_text in spec.choices, spec.key
 
 
@@ -1103,9 +1103,10 @@ def test_enum_fields_list_their_choices() -> None:
     choices = {spec.key: spec.choices for spec in ATTRIBUTES.fields if spec.choices}
     assert choices == {
         "initialOffset": ("earliest", "latest"),
-        "workerAllocationMode": ("pool", "static"),
+        "workerAllocationMode": ("pool", "static", "key"),
         "balanceStrategy": ("range", "roundrobin", "cooperative-sticky"),
         "groupProtocol": ("classic", "consumer"),
+        "onError": ("deadletter", "stop", "skip"),
     }
 
 

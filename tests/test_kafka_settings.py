@@ -71,3 +71,34 @@ def test_lifecycle_attributes_load_from_yaml(tmp_path: Path) -> None:
     assert attrs.group_protocol is GroupProtocol.CONSUMER
     assert attrs.group_instance_id == "member-1"
     assert attrs.static_membership is True
+
+
+def _write(tmp_path: Path, attributes: str) -> Path:
+    (tmp_path / "main.py").write_text("def handler(context, event):\n    return None\n")
+    path = tmp_path / "function.yaml"
+    path.write_text(
+        "spec:\n  handler: main:handler\n  triggers:\n    t:\n      kind: kafka-cluster\n"
+        "      attributes:\n        brokers: b:1\n        topics: [a]\n        consumerGroup: g\n"
+        + attributes
+    )
+    return path
+
+
+def test_on_error_defaults_follow_the_dead_letter_topic(tmp_path: Path) -> None:
+    from streamworker.config.model import OnError
+
+    plain = load_config(_write(tmp_path, "")).config.triggers[0].attributes
+    assert plain.failure_action is OnError.STOP
+    with_dlq = load_config(_write(tmp_path, "        deadLetterTopic: a.dlq\n")).config.triggers[0].attributes
+    assert with_dlq.failure_action is OnError.DEADLETTER
+    skip = load_config(_write(tmp_path, "        onError: skip\n")).config.triggers[0].attributes
+    assert skip.failure_action is OnError.SKIP
+
+
+def test_deadletter_without_a_topic_is_an_error(tmp_path: Path) -> None:
+    from streamworker.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"attributes\.onError: deadletter needs attributes\.deadLetterTopic"
+    ):
+        load_config(_write(tmp_path, "        onError: deadletter\n"))

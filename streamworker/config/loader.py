@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .durations import format_duration
-from .model import FunctionConfig, KafkaAttributes, TriggerConfig
+from .model import FunctionConfig, KafkaAttributes, OnError, TriggerConfig
 from .schema import (
     ATTRIBUTES,
     METADATA,
@@ -272,6 +272,8 @@ def _parse_trigger(name: object, raw: object, ctx: _Context) -> TriggerConfig:
     # keeps timing out of its group; catch it here.
     _check_order(attributes, ctx, "heartbeatInterval", "sessionTimeout", strict=True)
     _check_order(attributes, ctx, "retryBackoff", "retryMaxBackoff", strict=False)
+    if attributes.values["onError"] is OnError.DEADLETTER and not attributes.values["deadLetterTopic"]:
+        raise ctx.error(attributes.paths["onError"], "deadletter needs attributes.deadLetterTopic")
 
     return TriggerConfig(
         name=name,

@@ -19,6 +19,23 @@ class AllocationMode(enum.StrEnum):
 
     POOL = "pool"  # any free worker takes the next record of a partition
     STATIC = "static"  # partition i always goes to worker i mod numWorkers
+    KEY = "key"  # a key always goes to the same worker; different keys of a partition run in parallel
+
+
+class OnError(enum.StrEnum):
+    """What happens to a record whose last attempt failed."""
+
+    DEADLETTER = "deadletter"  # produce it to deadLetterTopic, then count it done
+    STOP = "stop"  # pause its partition (others keep flowing) until restart
+    SKIP = "skip"  # count it done, logged and counted
+
+
+class ExplicitAckMode(enum.StrEnum):
+    """Nuclio's explicitAckMode: who says a record is done."""
+
+    DISABLE = "disable"  # the handler returning is the ack
+    ENABLE = "enable"  # as disable, unless the handler returns a no-ack response
+    EXPLICIT_ONLY = "explicitOnly"  # only context.platform.explicit_ack marks a record done
 
 
 class BalanceStrategy(enum.StrEnum):
@@ -71,12 +88,21 @@ class KafkaAttributes:
     group_protocol: GroupProtocol = GroupProtocol.CLASSIC
     group_instance_id: str | None = None
     static_membership: bool = False
+    dead_letter_topic: str | None = None
+    on_error: OnError | None = None  # None: deadletter when deadLetterTopic is set, else stop
     max_retries: int = 3
     retry_backoff: float = 0.5
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 10000
     max_buffered_bytes: int = 64 * 1024 * 1024
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def failure_action(self) -> OnError:
+        """onError as it applies: deadletter when a dead-letter topic is set, else stop."""
+        if self.on_error is not None:
+            return self.on_error
+        return OnError.DEADLETTER if self.dead_letter_topic else OnError.STOP
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,7 @@ class TriggerConfig:
     num_workers: int
     worker_termination_timeout: float
     attributes: KafkaAttributes
+    explicit_ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,16 @@ from typing import Any, TypeVar
 
 from .durations import format_byte_size, format_duration, parse_byte_size, parse_duration
 from .kafka_settings import MANAGED_SETTINGS
-from .model import AllocationMode, BalanceStrategy, GroupProtocol, HandlerRef, InitialOffset, KafkaAttributes
+from .model import (
+    AllocationMode,
+    BalanceStrategy,
+    ExplicitAckMode,
+    GroupProtocol,
+    HandlerRef,
+    InitialOffset,
+    KafkaAttributes,
+    OnError,
+)
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -565,6 +574,17 @@ TRIGGER = SectionSpec(
             default_text="1",
         ),
         FieldSpec(
+            "explicitAckMode",
+            "explicit_ack_mode",
+            enum_parser(ExplicitAckMode),
+            "disable: a record is done when its handler returns. enable: as disable, unless the handler "
+            "returns a no-ack response (Response.ensure_no_ack()); then it waits for "
+            "context.platform.explicit_ack. explicitOnly: only explicit_ack marks a record done.",
+            default=ExplicitAckMode.DISABLE,
+            choices=tuple(member.value for member in ExplicitAckMode),
+            default_text="disable",
+        ),
+        FieldSpec(
             "workerTerminationTimeout",
             "worker_termination_timeout",
             parse_duration,
@@ -626,7 +646,9 @@ ATTRIBUTES = SectionSpec(
             "worker_allocation_mode",
             enum_parser(AllocationMode),
             "pool: any free worker takes a partition's next record; static: partition i always goes "
-            "to worker i mod numWorkers. Either way a partition's records run one at a time, in order.",
+            "to worker i mod numWorkers; in both a partition's records run one at a time, in order. "
+            "key: a key always goes to the same worker and runs in offset order, while different keys "
+            "of one partition run in parallel (null keys keep partition order among themselves).",
         ),
         _attribute(
             "sessionTimeout",
@@ -688,6 +710,24 @@ ATTRIBUTES = SectionSpec(
             "Take the static membership id from the POD_NAME (else HOSTNAME) environment variable, so a "
             "StatefulSet/Deployment pod keeps its partitions across restarts. groupInstanceId wins if set.",
             lambda default: "false",
+        ),
+        FieldSpec(
+            "deadLetterTopic",
+            "dead_letter_topic",
+            parse_string,
+            "Topic that receives records whose last attempt failed (onError: deadletter), with the "
+            "original key, value and headers plus streamworker.* headers describing the failure.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "onError",
+            "on_error",
+            enum_parser(OnError),
+            "After the last retry: deadletter (produce to deadLetterTopic, then commit past it), stop "
+            "(pause that partition, keep the others flowing, report not ready) or skip (commit past it, "
+            "logged and counted).",
+            choices=tuple(member.value for member in OnError),
+            default_text="deadletter if deadLetterTopic is set, else stop",
         ),
         _attribute(
             "maxRetries",

@@ -149,6 +149,8 @@ class Dispatcher:
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
         self._suspects: set[tuple[str, int, int]] = set()
+        # (topic, result) -> count since start: success, error, retried, dead_lettered, skipped.
+        self.outcomes: dict[tuple[str, str], int] = {}
         self._next_seq = 0
         self._next_lane = 0
 
@@ -399,7 +401,12 @@ class Dispatcher:
             return self._inflight.get(seq)
         return None
 
-    def _finish(self, state: PartitionState, record: Record) -> None:
+    def _count(self, topic: str, result: str) -> None:
+        key = (topic, result)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def _finish(self, state: PartitionState, record: Record, result: str = "success") -> None:
+        self._count(record[F_TOPIC], result)
         if self._suspects:
             self._suspects.discard((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
         state.offsets.done(record[F_OFFSET])
@@ -407,6 +414,8 @@ class Dispatcher:
         state.buffered_bytes -= record_size(record)
 
     def _fail(self, lane: Lane, record: Record, error_type: str, message: str, now: float) -> Failure:
+        self._count(record[F_TOPIC], "error")
+        self._count(record[F_TOPIC], "retried")
         attempt = record[F_ATTEMPT]
         delay = self._retry_delay(attempt)
         record[F_ATTEMPT] = attempt + 1
@@ -475,6 +484,13 @@ class Dispatcher:
             state = self._partitions.get(tp)
             if state is not None:
                 state.offsets.committed = None
+
+    def partition_view(self) -> list[tuple[TopicPartition, int | None, int | None, bool]]:
+        """(tp, committed, position, paused) of every owned partition, for snapshots."""
+        return [
+            (tp, state.offsets.committed, state.offsets.position(), state.paused)
+            for tp, state in self._partitions.items()
+        ]
 
     # -- introspection ----------------------------------------------------------------------
     @property

@@ -27,6 +27,7 @@ from streamworker.observability.logging import get_logger
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, WorkerInit
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, Record
+from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
 
@@ -74,6 +75,7 @@ class WorkerSeat:
 class RunnerOptions:
     log_level: str = "info"
     log_format: str = "json"
+    observer: RunnerObserver = field(default_factory=NullObserver)
     # Extra environment for workers on top of os.environ and spec.env (tests use it).
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -120,6 +122,12 @@ class TriggerRunner:
         self._last_commit = 0.0
         self._commit_failures: dict[TP, int] = {}
         self._drain_requests = 0
+        self.observer = self.options.observer
+        self._observed = not isinstance(self.observer, NullObserver)
+        self._joined = False
+        self._last_loop_at = time.monotonic()
+        self._rebalances: dict[str, int] = {}
+        self._restarts: dict[str, int] = {}
 
     # -- worker management ------------------------------------------------------------------
     def _worker_init(self, worker_id: int) -> WorkerInit:
@@ -156,6 +164,16 @@ class TriggerRunner:
         failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running)
         for failure in failures:
             self._log_failure(failure)
+        kind = (
+            "event_timeout"
+            if reason.startswith("eventTimeout")
+            else (
+                "rebalance_deadline"
+                if "rebalance" in reason
+                else ("killed" if process.kill_reason else "crash")
+            )
+        )
+        self._restarts[kind] = self._restarts.get(kind, 0) + 1
         if now - process.started_at > STABLE_WORKER_SECONDS:
             seat.crashes = 0
         seat.crashes += 1
@@ -187,6 +205,8 @@ class TriggerRunner:
             if kind == Msg.RESULTS:
                 failures = dispatcher.complete(seat.worker_id, message[1], now)
                 process.busy_since = now
+                if self._observed:
+                    self.observer.on_durations(self.trigger.name, [r[2] for r in message[1]])
                 for failure in failures:
                     self._log_failure(failure)
             elif kind == Msg.READY:
@@ -281,6 +301,8 @@ class TriggerRunner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = _partition_list(partitions)
+        self._joined = True
+        self._count_rebalance("assign")
         self.log.info("partitions assigned", partitions=_fmt(tps))
         if not self._stopping:
             self.dispatcher.assign(tps)
@@ -289,6 +311,7 @@ class TriggerRunner:
         tps = [tp for tp in _partition_list(partitions) if tp in set(self.dispatcher.partitions)]
         if not tps:
             return
+        self._count_rebalance("revoke")
         started = time.monotonic()
         dropped = self.dispatcher.begin_revoke(tps)
         # Events of these partitions queued on workers but not started are dropped there too: only
@@ -347,10 +370,50 @@ class TriggerRunner:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = _partition_list(partitions)
+        self._count_rebalance("lost")
         self.dispatcher.begin_revoke(tps)
         self.dispatcher.forget(tps)
         self.log.warning(
             "partitions lost (session expired); nothing committed for them", partitions=_fmt(tps)
+        )
+
+    def _count_rebalance(self, kind: str) -> None:
+        self._rebalances[kind] = self._rebalances.get(kind, 0) + 1
+
+    def _publish(self, consumer: Consumer | None, now: float) -> None:
+        """Hand the observer a fresh snapshot (only when somebody observes)."""
+        partitions = []
+        for (topic, partition), committed, position, paused in self.dispatcher.partition_view():
+            high: int | None = None
+            if consumer is not None:
+                try:
+                    _, high_mark = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), cached=True
+                    )
+                    high = high_mark if high_mark >= 0 else None
+                except KafkaException:
+                    high = None
+            partitions.append(
+                PartitionSnapshot(topic, partition, committed, position, high, paused, stopped=False)
+            )
+        self.observer.on_snapshot(
+            TriggerSnapshot(
+                trigger=self.trigger.name,
+                taken_at=now,
+                last_loop_at=self._last_loop_at,
+                joined=self._joined,
+                workers_total=len(self.seats),
+                workers_ready=sum(
+                    1 for s in self.seats if s.process is not None and s.process.state is WorkerState.READY
+                ),
+                inflight=self.dispatcher.inflight_total,
+                buffered=self.dispatcher.buffered_total(),
+                partitions=tuple(partitions),
+                outcomes=dict(self.dispatcher.outcomes),
+                rebalances=dict(self._rebalances),
+                worker_restarts=dict(self._restarts),
+                stopping=self._stopping,
+            )
         )
 
     def _wait_for_inflight(self, tps: list[TP] | None, deadline: float) -> None:
@@ -492,6 +555,8 @@ class TriggerRunner:
             s.process is not None and s.process.state is WorkerState.READY for s in self.seats
         ):
             self._pump(0.1)
+            if self._observed:
+                self._publish(None, time.monotonic())
             for seat in self.seats:
                 if seat.process is None and not seat.ever_ready:
                     raise FatalTriggerError(
@@ -515,8 +580,11 @@ class TriggerRunner:
             now = time.monotonic()
             self._dispatch(now)
             self._flush_writers()
+            self._last_loop_at = now
             if now >= next_timers:
                 next_timers = now + 0.05
+                if self._observed:
+                    self._publish(consumer, now)
                 self._flow_control(consumer)
                 self._respawn_due(now)
                 self._check_event_timeouts(now)

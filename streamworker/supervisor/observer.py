@@ -1,0 +1,57 @@
+"""What a trigger runner tells the outside world (health checks, metrics), without knowing who listens.
+
+The runner publishes an immutable ``TriggerSnapshot`` every timer tick (~50 ms) and passes handler
+durations as they arrive. Readers on other threads (the HTTP server) only ever see whole snapshots:
+the reference is swapped, never mutated, so no lock sits on the poll loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PartitionSnapshot:
+    topic: str
+    partition: int
+    committed: int | None  # last position committed by this member
+    position: int | None  # commit position now (lowest record not done)
+    high_watermark: int | None  # from the last fetch response (client cache), None if unknown
+    paused: bool  # paused for backpressure
+    stopped: bool  # stopped by onError: stop
+
+
+@dataclass(frozen=True)
+class TriggerSnapshot:
+    trigger: str
+    taken_at: float  # time.monotonic() when published
+    last_loop_at: float  # time.monotonic() of the poll loop's last pass
+    joined: bool  # the consumer got its first assignment callback
+    workers_total: int
+    workers_ready: int
+    inflight: int  # events queued on or running in workers
+    buffered: int  # fetched and not done
+    partitions: tuple[PartitionSnapshot, ...] = ()
+    # Cumulative counters since start.
+    outcomes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, result) -> n
+    rebalances: Mapping[str, int] = field(default_factory=dict)  # assign / revoke / lost -> n
+    worker_restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> n
+    stopping: bool = False
+
+
+class RunnerObserver(Protocol):
+    def on_snapshot(self, snapshot: TriggerSnapshot) -> None: ...
+
+    def on_durations(self, trigger: str, durations: Sequence[float]) -> None: ...
+
+
+class NullObserver:
+    """The default: nobody listens, nothing is collected."""
+
+    def on_snapshot(self, snapshot: TriggerSnapshot) -> None:
+        return None
+
+    def on_durations(self, trigger: str, durations: Sequence[float]) -> None:
+        return None
