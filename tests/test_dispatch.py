@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamworker.config.model import AllocationMode
+from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_RETRY, F_SEQ, Status
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record
 
 T = "orders"
 
@@ -15,8 +15,15 @@ def rec(partition: int, offset: int, value: bytes = b"v", key: bytes | None = No
     return [0, 0, T, partition, offset, key, value, None, None, 1, False]
 
 
-def make(mode: AllocationMode = AllocationMode.POOL, workers: int = 2, **kw: Any) -> Dispatcher:
-    d = Dispatcher(DispatchSettings(mode=mode, num_workers=workers, **kw), retry_delay=lambda n: 0.5 * n)
+def make(
+    mode: AllocationMode = AllocationMode.POOL,
+    workers: int = 2,
+    max_retries: int = 1000,
+    action: OnError = OnError.STOP,
+    **kw: Any,
+) -> Dispatcher:
+    policy = FailurePolicy(max_retries=max_retries, action=action, delay=lambda n: 0.5 * n)
+    d = Dispatcher(DispatchSettings(mode=mode, num_workers=workers, **kw), policy)
     for w in range(workers):
         d.worker_ready(w)
     return d
@@ -200,3 +207,164 @@ def test_crash_while_a_suspect_runs_alone_blames_it() -> None:
     d.take_dispatches(2.0)
     failures = d.worker_lost(0, "exit code 1", now=3.0, head_running=False)
     assert [(f.record[F_OFFSET], f.error_type) for f in failures] == [(0, "WorkerLost")]
+
+
+def error(events: list[Record]) -> list[list[Any]]:
+    return [[e[F_SEQ], Status.ERROR, 0.001, "ValueError", "boom"] for e in events]
+
+
+def fail_until_final(d: Dispatcher, wid: int = 0) -> list[Any]:
+    """Fail offset 0 of partition 0 on every attempt until the policy's final action."""
+    now = 0.0
+    failures = []
+    while True:
+        batch = d.take_dispatches(now)[wid]
+        failure = d.complete(
+            wid, error(batch[:1]) + [[e[F_SEQ], Status.DEFERRED, 0, None, None] for e in batch[1:]], now
+        )
+        failures.extend(failure)
+        if failure[0].action != "retry":
+            return failures
+        now += 100.0
+
+
+def test_retries_exactly_max_retries_then_skip_commits_past_and_counts() -> None:
+    d = make(workers=1, max_retries=3, action=OnError.SKIP)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    failures = fail_until_final(d)
+    assert [f.action for f in failures] == ["retry", "retry", "retry", "skip"]
+    assert [f.retry_in for f in failures[:3]] == [0.5, 1.0, 1.5]
+    assert failures[-1].record[F_ATTEMPT] == 4
+    nxt = d.take_dispatches(1000.0)[0]
+    assert offsets(nxt) == [(0, 1)] and nxt[0][F_RETRY] is True, "the worker's hold is lifted"
+    d.complete(0, ok(nxt), 1000.0)
+    assert d.commit_positions() == {(T, 0): 2}
+    assert (
+        d.outcomes[(T, "skipped")] == 1 and d.outcomes[(T, "retried")] == 3 and d.outcomes[(T, "error")] == 4
+    )
+
+
+def test_stop_keeps_the_record_and_stops_only_its_partition() -> None:
+    d = make(workers=1, max_retries=0, action=OnError.STOP, max_buffered_records=2)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, 0), rec(1, 0)])
+    batch = d.take_dispatches(0.0)[0]
+    first = next(e for e in batch if e[F_PARTITION] == 0)
+    other = next(e for e in batch if e[F_PARTITION] == 1)
+    failures = d.complete(0, error([first]) + ok([other]), 0.0)
+    assert [f.action for f in failures] == ["stop"]
+    assert d.take_dispatches(1000.0) == {}, "a stopped partition sends nothing more"
+    assert d.commit_positions() == {(T, 0): 0, (T, 1): 1}
+    assert [v[4] for v in d.partition_view() if v[0] == (T, 0)] == [True]
+    d.add([rec(1, 1)])
+    assert offsets(d.take_dispatches(1000.0)[0]) == [(1, 1)], "other partitions keep flowing"
+    d.add([rec(0, 1)])
+    assert d.flow_control() == ([(T, 0)], [])
+
+
+def test_deadletter_parks_the_record_until_delivery_is_confirmed() -> None:
+    d = make(workers=1, max_retries=1, action=OnError.DEADLETTER)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    failures = fail_until_final(d)
+    assert [f.action for f in failures] == ["retry", "deadletter"]
+    ((parked, error_type, message),) = d.take_dead_letters()
+    assert (parked[F_OFFSET], error_type, message) == (0, "ValueError", "boom")
+    assert d.take_dispatches(1000.0) == {}, "later records wait behind the parked one"
+    assert d.commit_positions() == {(T, 0): 0}, "not done before the broker confirmed the copy"
+    assert d.dead_lettered(parked) is True
+    assert offsets(d.take_dispatches(1000.0)[0]) == [(0, 1)]
+    assert d.commit_positions() == {(T, 0): 1}
+    assert d.outcomes[(T, "dead_lettered")] == 1
+
+
+def test_dead_letter_of_a_revoked_partition_is_ignored() -> None:
+    d = make(workers=1, max_retries=0, action=OnError.DEADLETTER)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    fail_until_final(d)
+    ((parked, _, _),) = d.take_dead_letters()
+    d.begin_revoke([(T, 0)])
+    d.forget([(T, 0)])
+    assert d.dead_lettered(parked) is False
+
+
+def test_explicit_only_waits_for_the_ack_and_accepts_early_acks() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1), rec(0, 2)])
+    batch = d.take_dispatches(0.0)[0]
+    assert d.ack(T, 0, 1) is True  # acked while still queued on the worker
+    d.complete(0, ok(batch), 0.0)
+    assert d.commit_positions() == {(T, 0): 0}, "record 0 ran but is not acked"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+    d.ack(T, 0, 2)
+    assert d.commit_positions() == {(T, 0): 3}
+    assert d.ack(T, 9, 0) is False, "a partition we do not own"
+
+
+def test_enable_mode_only_no_ack_responses_wait() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.ENABLE)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, [[batch[0][F_SEQ], Status.NO_ACK, 0.0, None, None], *ok(batch[1:])], 0.0)
+    assert d.commit_positions() == {(T, 0): 0}
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+
+
+def test_disable_mode_ignores_no_ack() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, [[batch[0][F_SEQ], Status.NO_ACK, 0.0, None, None]], 0.0)
+    assert d.commit_positions() == {(T, 0): 1}
+
+
+def test_key_mode_same_key_same_worker_in_order_different_keys_in_parallel() -> None:
+    d = make(AllocationMode.KEY, workers=4)
+    d.assign([(T, 0)])
+    keys = [f"k{i % 8}".encode() for i in range(64)]
+    d.add([rec(0, i, key=k) for i, k in enumerate(keys)])
+    batches = d.take_dispatches(0.0)
+    assert len(batches) > 1, "one partition, several workers"
+    seen: dict[bytes | None, int] = {}
+    for wid, events in batches.items():
+        for event in events:
+            assert seen.setdefault(event[5], wid) == wid, "a key always goes to the same worker"
+        for key in {e[5] for e in events}:
+            of_key = [e[F_OFFSET] for e in events if e[5] == key]
+            assert of_key == sorted(of_key)
+    assert sum(len(e) for e in batches.values()) == 64
+
+
+def test_key_mode_failure_holds_back_only_that_key() -> None:
+    d = make(AllocationMode.KEY, workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, key=b"a"), rec(0, 1, key=b"b"), rec(0, 2, key=b"a")])
+    batch = d.take_dispatches(0.0)[0]
+    by_offset = {e[F_OFFSET]: e for e in batch}
+    results = (
+        error([by_offset[0]]) + ok([by_offset[1]]) + [[by_offset[2][F_SEQ], Status.DEFERRED, 0, None, None]]
+    )
+    d.complete(0, results, 0.0)
+    assert d.commit_positions() == {(T, 0): 0}, "b is done but a's record 0 is not: commit stays"
+    retry = d.take_dispatches(10.0)[0]
+    assert offsets(retry) == [(0, 0), (0, 2)]
+    d.complete(0, ok(retry), 10.0)
+    assert d.commit_positions() == {(T, 0): 3}
+
+
+def test_key_mode_null_keys_share_one_lane_and_idle_lanes_are_dropped() -> None:
+    d = make(AllocationMode.KEY, workers=3)
+    d.assign([(T, 0)])
+    d.add([rec(0, i, key=None) for i in range(5)])
+    batches = d.take_dispatches(0.0)
+    assert len(batches) == 1 and offsets(next(iter(batches.values()))) == [(0, i) for i in range(5)]
+    ((wid, events),) = batches.items()
+    d.complete(wid, ok(events), 0.0)
+    assert d.lanes_of([(T, 0)]) == [], "an idle key lane is dropped: memory follows live keys"

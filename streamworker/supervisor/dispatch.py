@@ -5,7 +5,8 @@ carries out what it returns (send frames, pause/resume partitions, commit positi
 
 Vocabulary
 - A **lane** is a sequence of records that must run one after another, in offset order: a whole
-  partition in ``pool`` and ``static`` mode. A lane is bound to one worker while any of its records
+  partition in ``pool`` and ``static`` mode, one key of a partition in ``key`` mode (records with a
+  null key share one lane per partition). A lane is bound to one worker while any of its records
   is queued there, so its records queue behind each other on that worker and order holds while
   several records per worker are in flight (the pipelining window).
 - A worker handles its queue in order and reports results in order. When a record fails, the
@@ -18,12 +19,13 @@ Vocabulary
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamworker.config.model import AllocationMode
+from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.protocol import (
     F_ATTEMPT,
     F_KEY,
@@ -62,16 +64,28 @@ class DispatchSettings:
     lane_batch: int = 64
     max_buffered_records: int = 10_000
     max_buffered_bytes: int = 64 * 1024 * 1024
+    ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """Retry a failed record ``max_retries`` times, waiting ``delay(n)`` before retry n; then ``action``."""
+
+    max_retries: int
+    action: OnError
+    delay: Callable[[int], float]
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A failed attempt, for the runner to log and count."""
+    """A failed attempt and what was decided for it, for the runner to carry out, log and count."""
 
     record: Record
     error_type: str
     error_message: str
-    retry_in: float
+    # "retry" (after retry_in seconds), or the final action: "deadletter", "stop" or "skip".
+    action: str
+    retry_in: float = 0.0
 
 
 class Lane:
@@ -80,15 +94,20 @@ class Lane:
         "hold",
         "id",
         "inflight",
+        "key",
         "not_before",
+        "parked",
         "partition",
         "pending",
         "returned",
         "worker",
     )
 
-    def __init__(self, lane_id: int, partition: PartitionState, fixed_worker: int | None) -> None:
+    def __init__(
+        self, lane_id: int, partition: PartitionState, fixed_worker: int | None, key: bytes | None = None
+    ) -> None:
         self.id = lane_id
+        self.key = key
         self.partition = partition
         self.pending: deque[Record] = deque()
         self.fixed_worker = fixed_worker
@@ -100,25 +119,56 @@ class Lane:
         self.not_before = 0.0
         # The bound worker holds this lane after a failure until it is sent a retry-flagged event.
         self.hold = False
+        # A record whose retries are exhausted, waiting for the dead-letter topic's delivery report;
+        # the lane waits behind it so its order holds.
+        self.parked: Record | None = None
+
+    @property
+    def idle(self) -> bool:
+        # ``hold`` does not count: a dropped lane's id is never reused, and a new lane for the same
+        # key gets a fresh id that no worker holds.
+        return not (self.pending or self.inflight or self.returned or self.parked is not None)
 
 
 class PartitionState:
-    __slots__ = ("buffered", "buffered_bytes", "handled_by", "lanes", "offsets", "paused", "revoking", "tp")
+    __slots__ = (
+        "awaiting_ack",
+        "buffered",
+        "buffered_bytes",
+        "default_lane",
+        "early_acks",
+        "handled_by",
+        "key_lanes",
+        "lanes",
+        "offsets",
+        "paused",
+        "revoking",
+        "stopped",
+        "tp",
+    )
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self.offsets = PartitionOffsets()
-        self.lanes: list[Lane] = []
+        self.lanes: dict[int, Lane] = {}  # every lane of this partition, by id
+        self.default_lane: Lane | None = None  # the partition's one lane in pool and static mode
         self.buffered = 0  # fetched and not done: pending, in flight or waiting for a retry
         self.buffered_bytes = 0
         self.paused = False
         self.revoking = False
         # Workers that were sent records of this partition: their drain callbacks run on revoke.
         self.handled_by: set[int] = set()
+        # key mode: key -> its lane (lanes are made on demand and dropped when idle).
+        self.key_lanes: dict[bytes | None, Lane] = {}
+        # onError: stop hit this partition: nothing more is dispatched until restart.
+        self.stopped = False
+        # Explicit acks: handled records waiting for their ack, and acks that came first.
+        self.awaiting_ack: dict[int, Record] = {}
+        self.early_acks: set[int] = set()
 
     @property
     def inflight(self) -> int:
-        return sum(lane.inflight for lane in self.lanes)
+        return sum(lane.inflight for lane in self.lanes.values())
 
 
 @dataclass
@@ -138,9 +188,12 @@ class WorkerSlot:
 
 
 class Dispatcher:
-    def __init__(self, settings: DispatchSettings, retry_delay: Callable[[int], float]) -> None:
+    def __init__(self, settings: DispatchSettings, policy: FailurePolicy) -> None:
         self.settings = settings
-        self._retry_delay = retry_delay
+        self.policy = policy
+        self._key_mode = settings.mode is AllocationMode.KEY
+        # Records whose retries are exhausted and that must go to the dead-letter topic now.
+        self._to_dead_letter: list[tuple[Record, str, str]] = []
         self._partitions: dict[TopicPartition, PartitionState] = {}
         self._lanes: dict[int, Lane] = {}
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
@@ -163,10 +216,12 @@ class Dispatcher:
             fixed = None
             if self.settings.mode is AllocationMode.STATIC:
                 fixed = tp[1] % self.settings.num_workers
-            lane = Lane(self._next_lane, state, fixed)
-            self._next_lane += 1
-            state.lanes.append(lane)
-            self._lanes[lane.id] = lane
+            if not self._key_mode:
+                lane = Lane(self._next_lane, state, fixed)
+                self._next_lane += 1
+                state.lanes[lane.id] = lane
+                state.default_lane = lane
+                self._lanes[lane.id] = lane
             self._partitions[tp] = state
 
     def begin_revoke(self, tps: Iterable[TopicPartition]) -> int:
@@ -181,7 +236,7 @@ class Dispatcher:
             if state is None:
                 continue
             state.revoking = True
-            for lane in state.lanes:
+            for lane in state.lanes.values():
                 dropped += len(lane.pending) + len(lane.returned)
                 lane.pending.clear()
                 lane.returned.clear()
@@ -189,13 +244,17 @@ class Dispatcher:
         return dropped
 
     def lanes_of(self, tps: Iterable[TopicPartition]) -> list[int]:
-        return [lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes]
+        return [
+            lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes.values()
+        ]
 
     def inflight_in(self, tps: Iterable[TopicPartition]) -> int:
         return sum(self._partitions[tp].inflight for tp in tps if tp in self._partitions)
 
     def workers_busy_with(self, tps: Iterable[TopicPartition]) -> set[int]:
-        lanes = {lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes}
+        lanes = {
+            lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes.values()
+        }
         return {
             wid
             for wid, slot in enumerate(self._workers)
@@ -213,7 +272,8 @@ class Dispatcher:
             if state is None:
                 continue
             self._suspects = {s for s in self._suspects if (s[0], s[1]) != tp}
-            lane_ids = {lane.id for lane in state.lanes}
+            lane_ids = set(state.lanes)
+            self._to_dead_letter = [d for d in self._to_dead_letter if d[0][F_LANE] not in lane_ids]
             for lane_id in lane_ids:
                 self._lanes.pop(lane_id, None)
                 self._runnable.pop(lane_id, None)
@@ -223,6 +283,28 @@ class Dispatcher:
     @property
     def partitions(self) -> list[TopicPartition]:
         return list(self._partitions)
+
+    def _key_lane(self, state: PartitionState, key: bytes | None) -> Lane:
+        lane = state.key_lanes.get(key)
+        if lane is None:
+            # crc32, not hash(): the same key must map to the same worker in every process and run.
+            worker = zlib.crc32(key or b"") % self.settings.num_workers
+            lane = Lane(self._next_lane, state, worker, key)
+            self._next_lane += 1
+            state.key_lanes[key] = lane
+            state.lanes[lane.id] = lane
+            self._lanes[lane.id] = lane
+        return lane
+
+    def _drop_if_idle(self, lane: Lane) -> None:
+        """Key lanes come and go with their keys, so memory follows the keys in flight, not all keys."""
+        if self._key_mode and lane.idle:
+            state = lane.partition
+            if state.key_lanes.get(lane.key) is lane:
+                del state.key_lanes[lane.key]
+            state.lanes.pop(lane.id, None)
+            self._lanes.pop(lane.id, None)
+            self._runnable.pop(lane.id, None)
 
     # -- intake -----------------------------------------------------------------------------
     def add(self, records: Iterable[Record]) -> int:
@@ -234,7 +316,7 @@ class Dispatcher:
             state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
             if state is None or state.revoking:
                 continue
-            lane = state.lanes[0]
+            lane = state.default_lane or self._key_lane(state, record[F_KEY])
             record[F_LANE] = lane.id
             state.offsets.track(record[F_OFFSET])
             state.buffered += 1
@@ -258,7 +340,13 @@ class Dispatcher:
             return out
         emptied: list[int] = []
         for lane in self._runnable.values():
-            if lane.returned or lane.not_before > now or (lane.hold and lane.inflight):
+            if (
+                lane.returned
+                or lane.not_before > now
+                or (lane.hold and lane.inflight)
+                or lane.parked is not None
+                or lane.partition.stopped
+            ):
                 continue
             wid = lane.worker
             if wid is None:
@@ -316,6 +404,7 @@ class Dispatcher:
         slot = self._workers[wid]
         failures: list[Failure] = []
         touched: list[Lane] = []
+        ack_mode = self.settings.ack_mode
         for result in results:
             seq = result[0]
             # Results come in dispatch order, so the head of ``outstanding`` is this result's seq.
@@ -333,10 +422,18 @@ class Dispatcher:
             lane = self._lanes[record[F_LANE]]
             lane.inflight -= 1
             status = result[1]
-            if status == Status.OK or status == Status.NO_ACK:
-                self._finish(lane.partition, record)
+            if status == Status.OK:
+                if ack_mode is ExplicitAckMode.EXPLICIT_ONLY:
+                    self._await_ack(lane.partition, record)
+                else:
+                    self._finish(lane.partition, record)
             elif status == Status.DEFERRED:
                 lane.returned.append(record)
+            elif status == Status.NO_ACK:
+                if ack_mode is ExplicitAckMode.DISABLE:
+                    self._finish(lane.partition, record)  # no-ack responses mean nothing then
+                else:
+                    self._await_ack(lane.partition, record)
             else:
                 failures.append(self._fail(lane, record, str(result[3]), str(result[4]), now))
             if lane.inflight == 0:
@@ -414,15 +511,66 @@ class Dispatcher:
         state.buffered_bytes -= record_size(record)
 
     def _fail(self, lane: Lane, record: Record, error_type: str, message: str, now: float) -> Failure:
-        self._count(record[F_TOPIC], "error")
-        self._count(record[F_TOPIC], "retried")
+        """An attempt failed: schedule a retry, or apply the final action once retries are used up."""
+        topic = record[F_TOPIC]
+        self._count(topic, "error")
         attempt = record[F_ATTEMPT]
-        delay = self._retry_delay(attempt)
-        record[F_ATTEMPT] = attempt + 1
-        lane.returned.insert(0, record)
-        lane.not_before = now + delay
+        # The worker holds this lane now: the lane's next event must carry the retry flag.
         lane.hold = True
-        return Failure(record, error_type, message, delay)
+        if attempt <= self.policy.max_retries:
+            self._count(topic, "retried")
+            delay = self.policy.delay(attempt)
+            record[F_ATTEMPT] = attempt + 1
+            lane.returned.insert(0, record)
+            lane.not_before = now + delay
+            return Failure(record, error_type, message, "retry", delay)
+        action = self.policy.action
+        if action is OnError.SKIP:
+            self._finish(lane.partition, record, "skipped")
+        elif action is OnError.STOP:
+            lane.returned.insert(0, record)
+            lane.partition.stopped = True
+        else:
+            lane.parked = record
+            self._to_dead_letter.append((record, error_type, message))
+        return Failure(record, error_type, message, action.value)
+
+    def take_dead_letters(self) -> list[tuple[Record, str, str]]:
+        """Records to produce to the dead-letter topic now: (record, error type, error message)."""
+        taken, self._to_dead_letter = self._to_dead_letter, []
+        return taken
+
+    def dead_lettered(self, record: Record) -> bool:
+        """The dead-letter topic confirmed ``record``: it is done. False if its partition moved away."""
+        lane = self._lanes.get(record[F_LANE])
+        if lane is None or lane.parked is not record:
+            return False
+        lane.parked = None
+        self._finish(lane.partition, record, "dead_lettered")
+        self._settle(lane)
+        return True
+
+    def _await_ack(self, state: PartitionState, record: Record) -> None:
+        offset = record[F_OFFSET]
+        if offset in state.early_acks:
+            state.early_acks.discard(offset)
+            self._finish(state, record)
+        else:
+            state.awaiting_ack[offset] = record
+
+    def ack(self, topic: str, partition: int, offset: int) -> bool:
+        """An explicit ack. False when the partition is not ours (any more): the ack is ignored."""
+        state = self._partitions.get((topic, partition))
+        if state is None or state.revoking:
+            return False
+        record = state.awaiting_ack.pop(offset, None)
+        if record is not None:
+            self._finish(state, record)
+        else:
+            position = state.offsets.position()
+            if position is not None and offset >= position:
+                state.early_acks.add(offset)  # still running, or retried: done once it completes
+        return True
 
     def _settle(self, lane: Lane) -> None:
         """Nothing of this lane is in flight: re-queue what came back, release a free binding."""
@@ -433,6 +581,8 @@ class Dispatcher:
             lane.worker = lane.fixed_worker
         if lane.pending and not lane.partition.revoking:
             self._runnable.setdefault(lane.id, lane)
+        elif self._key_mode:
+            self._drop_if_idle(lane)
 
     # -- flow control and commits -----------------------------------------------------------
     def flow_control(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
@@ -448,7 +598,7 @@ class Dispatcher:
             if full and not state.paused:
                 state.paused = True
                 pause.append(tp)
-            elif state.paused and not full:
+            elif state.paused and not full and not state.stopped:
                 low = (
                     state.buffered <= settings.max_buffered_records // 2
                     and state.buffered_bytes <= settings.max_buffered_bytes // 2
@@ -485,10 +635,10 @@ class Dispatcher:
             if state is not None:
                 state.offsets.committed = None
 
-    def partition_view(self) -> list[tuple[TopicPartition, int | None, int | None, bool]]:
-        """(tp, committed, position, paused) of every owned partition, for snapshots."""
+    def partition_view(self) -> list[tuple[TopicPartition, int | None, int | None, bool, bool]]:
+        """(tp, committed, position, paused, stopped) of every owned partition, for snapshots."""
         return [
-            (tp, state.offsets.committed, state.offsets.position(), state.paused)
+            (tp, state.offsets.committed, state.offsets.position(), state.paused, state.stopped)
             for tp, state in self._partitions.items()
         ]
 
@@ -496,6 +646,10 @@ class Dispatcher:
     @property
     def inflight_total(self) -> int:
         return len(self._inflight)
+
+    @property
+    def has_dead_letters(self) -> bool:
+        return bool(self._to_dead_letter)
 
     @property
     def has_runnable(self) -> bool:

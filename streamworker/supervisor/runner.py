@@ -26,7 +26,8 @@ from streamworker.config.model import FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, WorkerInit
 from streamworker.supervisor.backoff import Backoff
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, Record
+from streamworker.supervisor.deadletter import DeadLetterSink, producer_settings
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, FailurePolicy, Record
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
@@ -112,9 +113,15 @@ class TriggerRunner:
                 num_workers=trigger.num_workers,
                 max_buffered_records=self.attrs.max_buffered_records,
                 max_buffered_bytes=self.attrs.max_buffered_bytes,
+                ack_mode=trigger.explicit_ack_mode,
             ),
-            retry_delay=self._retry_backoff.delay,
+            FailurePolicy(
+                max_retries=self.attrs.max_retries,
+                action=self.attrs.failure_action,
+                delay=self._retry_backoff.delay,
+            ),
         )
+        self.dead_letters: DeadLetterSink | None = None
         self.seats = [WorkerSeat(i) for i in range(trigger.num_workers)]
         self.selector = selectors.DefaultSelector()
         self.consumer: Consumer | None = None
@@ -163,7 +170,7 @@ class TriggerRunner:
         head_running = process.kill_reason is not None or now - process.busy_since > RESULTS_QUIET_SECONDS
         failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running)
         for failure in failures:
-            self._log_failure(failure)
+            self._on_failure(failure)
         kind = (
             "event_timeout"
             if reason.startswith("eventTimeout")
@@ -208,7 +215,7 @@ class TriggerRunner:
                 if self._observed:
                     self.observer.on_durations(self.trigger.name, [r[2] for r in message[1]])
                 for failure in failures:
-                    self._log_failure(failure)
+                    self._on_failure(failure)
             elif kind == Msg.READY:
                 process.state = WorkerState.READY
                 seat.ever_ready = True
@@ -225,7 +232,7 @@ class TriggerRunner:
             elif kind == Msg.TERMINATED:
                 process.terminated = True
             elif kind == Msg.ACKS:
-                self.log.warning("explicit acks are not supported yet; ignored", count=len(message[1]))
+                self._on_acks(message[1])
 
     def _pump(self, timeout: float) -> None:
         """Read and apply whatever the workers sent, waiting at most ``timeout`` for the first frame."""
@@ -260,18 +267,69 @@ class TriggerRunner:
                 seat.process.flush()
 
     # -- failures ---------------------------------------------------------------------------
-    def _log_failure(self, failure: Failure) -> None:
+    def _on_failure(self, failure: Failure) -> None:
+        """Log a failed attempt and carry out what the failure policy decided."""
         record = failure.record
-        self.log.error(
-            "handler failed; will retry",
-            topic=record[F_TOPIC],
-            partition=record[F_PARTITION],
-            offset=record[F_OFFSET],
-            error_type=failure.error_type,
-            error=failure.error_message,
-            next_attempt=record[F_ATTEMPT],
-            retry_in_s=round(failure.retry_in, 3),
-        )
+        where = {"topic": record[F_TOPIC], "partition": record[F_PARTITION], "offset": record[F_OFFSET]}
+        error = {"error_type": failure.error_type, "error": failure.error_message}
+        if failure.action == "retry":
+            self.log.error(
+                "handler failed; will retry",
+                **where,
+                **error,
+                next_attempt=record[F_ATTEMPT],
+                retry_in_s=round(failure.retry_in, 3),
+            )
+        elif failure.action == "skip":
+            self.log.error("handler failed; retries exhausted; record skipped", **where, **error)
+        elif failure.action == "stop":
+            self.log.error(
+                "handler failed; retries exhausted; partition stopped until restart",
+                **where,
+                **error,
+            )
+            if self.consumer is not None:
+                self.consumer.pause([TopicPartition(record[F_TOPIC], record[F_PARTITION])])
+        else:
+            self.log.error(
+                "handler failed; retries exhausted; sending to the dead-letter topic",
+                **where,
+                **error,
+                dead_letter_topic=self.attrs.dead_letter_topic,
+            )
+
+    def _serve_dead_letters(self, now: float) -> None:
+        """Produce newly exhausted records to the dead-letter topic and apply delivery reports."""
+        sink = self.dead_letters
+        if sink is None:
+            return
+        for record, error_type, message in self.dispatcher.take_dead_letters():
+            sink.send(record, error_type, message, now)
+        for delivery in sink.poll(now):
+            record = delivery.record
+            where = {"topic": record[F_TOPIC], "partition": record[F_PARTITION], "offset": record[F_OFFSET]}
+            if delivery.error is None:
+                if self.dispatcher.dead_lettered(record):
+                    self.log.warning("record dead-lettered", **where, dead_letter_topic=sink.topic)
+            else:
+                self.log.error(
+                    "dead-letter produce failed; record NOT done, will produce again",
+                    **where,
+                    dead_letter_topic=sink.topic,
+                    error=delivery.error,
+                    tries=delivery.tries,
+                    retry_in_s=round(delivery.retry_in, 3),
+                )
+
+    def _on_acks(self, acks: list[list[Any]]) -> None:
+        for topic, partition, offset in acks:
+            if not self.dispatcher.ack(topic, partition, offset):
+                self.log.warning(
+                    "explicit ack ignored: partition not owned by this member",
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                )
 
     # -- Kafka ------------------------------------------------------------------------------
     def _build_consumer(self) -> Consumer:
@@ -279,6 +337,12 @@ class TriggerRunner:
             settings: dict[str, Any] = dict(consumer_settings(self.trigger, self.function.name, self.env))
         except ValueError as exc:
             raise FatalTriggerError(Outcome.CONFIG_INVALID, f"{self.function.path.name}: {exc}") from exc
+        if self.attrs.dead_letter_topic:
+            self.dead_letters = DeadLetterSink(
+                self.attrs.dead_letter_topic,
+                producer_settings(settings, f"streamworker-{self.function.name}-{self.trigger.name}-dlq"),
+                self._retry_backoff,
+            )
         settings["error_cb"] = self._on_kafka_error
         settings["on_commit"] = self._on_commit
         settings["logger"] = _librdkafka_logger(self.log)
@@ -383,7 +447,7 @@ class TriggerRunner:
     def _publish(self, consumer: Consumer | None, now: float) -> None:
         """Hand the observer a fresh snapshot (only when somebody observes)."""
         partitions = []
-        for (topic, partition), committed, position, paused in self.dispatcher.partition_view():
+        for (topic, partition), committed, position, paused, stopped in self.dispatcher.partition_view():
             high: int | None = None
             if consumer is not None:
                 try:
@@ -393,9 +457,7 @@ class TriggerRunner:
                     high = high_mark if high_mark >= 0 else None
                 except KafkaException:
                     high = None
-            partitions.append(
-                PartitionSnapshot(topic, partition, committed, position, high, paused, stopped=False)
-            )
+            partitions.append(PartitionSnapshot(topic, partition, committed, position, high, paused, stopped))
         self.observer.on_snapshot(
             TriggerSnapshot(
                 trigger=self.trigger.name,
@@ -578,6 +640,8 @@ class TriggerRunner:
             self._dispatch(now)
             self._pump(0.0 if messages or not busy else BUSY_WAIT_SECONDS)
             now = time.monotonic()
+            if self.dead_letters is not None:
+                self._serve_dead_letters(now)
             self._dispatch(now)
             self._flush_writers()
             self._last_loop_at = now
@@ -611,6 +675,16 @@ class TriggerRunner:
             self._kill_worker(self.seats[wid], "handler still running at workerTerminationTimeout")
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        sink = self.dead_letters
+        if sink is not None:
+            # Dead-letter copies already on their way: their delivery reports decide whether the
+            # originals may be committed.
+            while (
+                sink.in_flight or self.dispatcher.has_dead_letters
+            ) and time.monotonic() < started + budget:
+                self._serve_dead_letters(time.monotonic())
+                self._pump(0.01)
+            sink.close(1.0)
         committed = self._commit(consumer, None, synchronous=True)
         self._terminate_workers(time.monotonic() + budget)
         consumer.close()
