@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
 
 from streamworker.devbroker import Record, committed_offsets, create_topics, produce
@@ -125,3 +127,81 @@ def test_crash_looping_worker_backs_off_and_the_process_stays_up(
     assert committed_offsets(broker_bootstrap, group, topic, 1).get(0, 0) <= 1
     assert process.terminate() == 0
     assert committed_offsets(broker_bootstrap, group, topic, 1) == {0: 1}
+
+
+SEGFAULT_ONCE = """
+import ctypes
+import os
+
+
+def handler(context, event):
+    marker = os.path.join(os.environ["STATE"], f"seen-{event.offset}")
+    if event.body == b"segv" and not os.path.exists(marker):
+        open(marker, "w").close()
+        ctypes.string_at(0)  # a segmentation fault on the first delivery only
+    with open(os.path.join(os.environ["STATE"], "ledger"), "a") as ledger:
+        ledger.write(f"{event.offset}\\n")
+"""
+
+
+def test_segfaulting_worker_is_replaced_and_its_record_redelivered(
+    broker_bootstrap: str,
+    unique: Any,
+    function_dir: Any,
+    streamworker_process: Any,
+    wait_until: Any,
+    quick_profile: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("segv"), unique("segv-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    end = produce(broker_bootstrap, topic, [Record(value=b"segv"), Record(value=b"ok")])
+    config = _config(broker_bootstrap, topic, group, quick_profile, retryBackoff="50ms")
+    config["spec"]["env"] = [{"name": "STATE", "value": str(tmp_path)}]
+    process = streamworker_process(function_dir(SEGFAULT_ONCE, config))
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end, 30)
+    deaths = [e for e in process.logs if e.get("message") == "worker died; replacing it"]
+    assert [e["exit"] for e in deaths] == ["signal SIGSEGV"]
+    assert (tmp_path / "ledger").read_text().split() == ["0", "1"]
+    assert process.terminate() == 0
+
+
+CRASH_ON_GO = """
+import os
+import time
+
+
+def handler(context, event):
+    state = os.environ["STATE"]
+    open(os.path.join(state, f"started-{event.offset}"), "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(state, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(1)
+"""
+
+
+def test_shutdown_racing_a_worker_crash_exits_cleanly_without_committing_it(
+    broker_bootstrap: str,
+    unique: Any,
+    function_dir: Any,
+    streamworker_process: Any,
+    wait_until: Any,
+    quick_profile: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("race"), unique("race-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    produce(broker_bootstrap, topic, [Record(value=b"doomed")])
+    config = _config(broker_bootstrap, topic, group, quick_profile, retryBackoff="50ms")
+    config["spec"]["env"] = [{"name": "STATE", "value": str(tmp_path)}]
+    process = streamworker_process(function_dir(CRASH_ON_GO, config))
+    wait_until(lambda: (tmp_path / "started-0").exists(), 30)
+    process.send_signal(signal.SIGTERM)
+    process.wait_for_log("stopping", timeout=10)
+    (tmp_path / "go").touch()  # the worker dies while the supervisor waits for it to finish
+    assert process.wait(timeout=20) == 0
+    assert [e for e in process.logs if e.get("message") == "worker died; replacing it"]
+    assert committed_offsets(broker_bootstrap, group, topic, 1).get(0, 0) == 0, (
+        "the crashed record is not done"
+    )
