@@ -368,3 +368,14 @@ def test_key_mode_null_keys_share_one_lane_and_idle_lanes_are_dropped() -> None:
     ((wid, events),) = batches.items()
     d.complete(wid, ok(events), 0.0)
     assert d.lanes_of([(T, 0)]) == [], "an idle key lane is dropped: memory follows live keys"
+
+
+def test_next_retry_at_tells_the_loop_how_long_it_may_sleep() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    assert d.next_retry_at(0.0) is None
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, error(batch), now=10.0)
+    assert d.next_retry_at(10.0) == 10.5, "the retry is due after its backoff"
+    assert d.next_retry_at(10.6) is None, "due already: nothing to wait for"

@@ -655,8 +655,9 @@ class Dispatcher:
     def has_runnable(self) -> bool:
         return bool(self._runnable)
 
-    def next_retry_at(self) -> float | None:
-        times = [lane.not_before for lane in self._runnable.values() if lane.not_before and not lane.inflight]
+    def next_retry_at(self, now: float) -> float | None:
+        """When the earliest lane waiting out a retry backoff becomes due (None: no lane waits)."""
+        times = [lane.not_before for lane in self._runnable.values() if lane.not_before > now]
         return min(times) if times else None
 
     def buffered_total(self) -> int:

@@ -631,7 +631,7 @@ class TriggerRunner:
         next_timers = 0.0
         while not self.stop.is_set():
             busy = dispatcher.inflight_total > 0
-            timeout = 0.0 if busy or dispatcher.has_runnable else IDLE_POLL_SECONDS
+            timeout = 0.0 if busy else self._idle_timeout(time.monotonic())
             messages = consumer.consume(CONSUME_BATCH, timeout)
             now = time.monotonic()
             if messages:
@@ -655,6 +655,15 @@ class TriggerRunner:
                 if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
                     self._last_commit = now
                     self._commit(consumer, None, synchronous=False)
+
+    def _idle_timeout(self, now: float) -> float:
+        """How long ``consume`` may block with no worker busy: until the next retry is due, at most."""
+        due = self.dispatcher.next_retry_at(now)
+        if due is None:
+            # Runnable lanes that are not waiting for a backoff are either dispatched already or
+            # blocked (stopped partition, dead-letter pending, workers restarting): nothing to hurry.
+            return IDLE_POLL_SECONDS
+        return min(IDLE_POLL_SECONDS, max(0.0, due - now))
 
     def _shutdown(self, consumer: Consumer) -> None:
         """Stop fetching, finish in-flight events (bounded), commit, terminate workers, leave the group."""
