@@ -317,3 +317,18 @@ def test_logger_obtained_before_configuration_follows_it() -> None:
         assert (line["message"], line["component"], line["n"]) == ("hello", "early", 1)
     finally:
         structlog.reset_defaults()
+
+
+def test_context_response_is_the_sdk_response_as_in_nuclio_examples() -> None:
+    from streamworker.worker.sdk import Context, Logger, Platform, Response, TriggerInfo, is_no_ack
+
+    context = Context(
+        logger=Logger(structlog.get_logger()),
+        platform=Platform(None, kind="local", name="t"),
+        worker_id=0,
+        trigger=TriggerInfo(kind="kafka-cluster", name="t"),
+    )
+    reply = context.Response(body="ok", headers={}, content_type="text/plain", status_code=200)
+    assert isinstance(reply, Response) and reply.body == "ok"
+    reply.ensure_no_ack()
+    assert is_no_ack(reply)

@@ -289,6 +289,9 @@ class Context:
         self.function_name = function_name
         self.user_data: Any = SimpleNamespace() if user_data is None else user_data
 
+    # Nuclio's examples build replies as ``context.Response(...)``.
+    Response = Response
+
 
 HeaderValue = str | bytes | None
 
