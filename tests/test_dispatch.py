@@ -169,7 +169,34 @@ def test_backpressure_pauses_full_partition_and_resumes_at_half() -> None:
     for _ in range(2):
         events = d.take_dispatches(0.0)[0]
         d.complete(0, ok(events), 0.0)
-    assert d.flow_control() == ([], [(T, 0)])
+    assert d.flow_control() == ([], [((T, 0), None)]), "nothing was dropped: no seek needed"
+
+
+def test_records_past_the_limit_are_dropped_and_refetched_from_the_first_dropped_offset() -> None:
+    # One fetch can bring far more than the limit: memory must follow the limit, not the fetch.
+    d = make(workers=1, max_buffered_records=4, window_events=2, lane_batch=2)
+    d.assign([(T, 0)])
+    assert d.add([rec(0, i) for i in range(10)]) == 4
+    assert d.add([rec(0, 10)]) == 0, "still dropping until the rewind"
+    assert d.flow_control() == ([(T, 0)], [])
+    for _ in range(2):
+        events = d.take_dispatches(0.0)[0]
+        d.complete(0, ok(events), 0.0)
+    assert d.flow_control() == ([], [((T, 0), 4)])
+    assert d.commit_positions() == {(T, 0): 4}
+    assert d.add([rec(0, 4), rec(0, 5)]) == 2, "refetched from the seek position"
+
+
+def test_a_refused_resume_keeps_the_partition_paused_with_its_rewind() -> None:
+    d = make(workers=1, max_buffered_records=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    d.flow_control()
+    events = d.take_dispatches(0.0)[0]
+    d.complete(0, ok(events), 0.0)
+    ((_, rewind),) = d.flow_control()[1]
+    d.repause((T, 0), rewind)
+    assert d.flow_control() == ([], [((T, 0), 1)])
 
 
 def test_byte_limit_also_pauses() -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from streamworker.config.model import FunctionConfig
+from streamworker.observability.health import HealthServer
 from streamworker.observability.logging import get_logger
 from streamworker.supervisor.runner import Outcome, RunnerOptions, TriggerRunner
 
@@ -29,6 +30,9 @@ class _RunnerThread:
 class Supervisor:
     function: FunctionConfig
     options: RunnerOptions = field(default_factory=RunnerOptions)
+    # Already bound (so a busy port fails before anything starts); served from before the first
+    # runner starts until the process exits. Its observer should be ``options.observer``.
+    health: HealthServer | None = None
 
     def run(self) -> int:
         log = get_logger(function=self.function.name)
@@ -43,6 +47,8 @@ class Supervisor:
             finally:
                 if entry.outcome is not Outcome.CLEAN:
                     stop.set()  # one trigger failing fatally stops the whole process
+                    if self.health is not None:
+                        self.health.mark_stopping()
                 finished.set()
 
         for trigger in self.function.triggers:
@@ -55,6 +61,8 @@ class Supervisor:
             signals_seen.append(signum)
             if len(signals_seen) == 1:
                 log.info("stop requested", signal=signal.Signals(signum).name)
+                if self.health is not None:
+                    self.health.mark_stopping()  # /ready fails at once, before the runners wind down
                 stop.set()
                 finished.set()
                 return
@@ -68,6 +76,12 @@ class Supervisor:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             log.info("starting", triggers=[t.name for t in self.function.triggers], pid=os.getpid())
+            if self.health is not None:
+                self.health.start()
+                # With port 0 this line is the only place the chosen port shows up.
+                log.info(
+                    "health server listening", address=str(self.health.address), port=self.health.address.port
+                )
             for entry in runners:
                 entry.thread.start()
             while any(entry.thread.is_alive() for entry in runners):
@@ -77,6 +91,8 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.health is not None:
+                self.health.stop()
         worst = max(outcomes, key=int)
         log.info("exiting", exit_code=int(worst))
         return int(worst)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamworker.protocol import F_ATTEMPT, F_HEADERS, F_KEY, F_OFFSET, F_PARTITION, F_TOPIC, F_VALUE
 from streamworker.supervisor.backoff import Backoff
@@ -37,7 +37,9 @@ def dead_letter_headers(
     record: list[Any], error_type: str, error_message: str, failed_at: dt.datetime
 ) -> list[tuple[str, str | bytes | None]]:
     """The original headers, then streamworker.* headers describing the failure."""
+    # Cut on a character boundary so the header stays valid UTF-8.
     message = error_message.encode("utf-8", "replace")[:MAX_ERROR_MESSAGE_BYTES]
+    message = message.decode("utf-8", "ignore").encode("utf-8")
     original: list[tuple[str, str | bytes | None]] = [
         (str(name), value) for name, value in (record[F_HEADERS] or [])
     ]
@@ -130,7 +132,9 @@ class DeadLetterSink:
             self._producer.produce(
                 self.topic, value=record[F_VALUE], key=record[F_KEY], headers=headers, on_delivery=on_delivery
             )
-        except (BufferError, ValueError) as exc:  # local queue full, message too large, ...
+        # Local queue full, message too large, or a topic librdkafka already knows is missing: all
+        # of them are failed attempts to retry, never a reason to stop the trigger.
+        except (BufferError, ValueError, KafkaException) as exc:
             self.in_flight -= 1
             delay = self._backoff.delay(attempt.tries)
             attempt.next_try_at = now + delay

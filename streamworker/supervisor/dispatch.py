@@ -143,6 +143,7 @@ class PartitionState:
         "offsets",
         "paused",
         "revoking",
+        "rewind_to",
         "stopped",
         "tp",
     )
@@ -162,6 +163,8 @@ class PartitionState:
         self.key_lanes: dict[bytes | None, Lane] = {}
         # onError: stop hit this partition: nothing more is dispatched until restart.
         self.stopped = False
+        # First offset dropped because the buffer was full: fetch again from here on resume.
+        self.rewind_to: int | None = None
         # Explicit acks: handled records waiting for their ack, and acks that came first.
         self.awaiting_ack: dict[int, Record] = {}
         self.early_acks: set[int] = set()
@@ -308,13 +311,24 @@ class Dispatcher:
 
     # -- intake -----------------------------------------------------------------------------
     def add(self, records: Iterable[Record]) -> int:
-        """Buffer fetched records. Records of partitions not (or no longer) owned are dropped."""
+        """Buffer fetched records. Returns how many were taken.
+
+        Records of partitions not (or no longer) owned are dropped. So are records of a partition
+        whose buffer is full: its first dropped offset is remembered (``rewind_to``), the runner
+        pauses it, and on resume seeks back there, so memory stays bounded by maxBufferedRecords /
+        maxBufferedBytes and not by what one fetch happened to bring.
+        """
         partitions = self._partitions
         runnable = self._runnable
+        max_records = self.settings.max_buffered_records
+        max_bytes = self.settings.max_buffered_bytes
         taken = 0
         for record in records:
             state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
-            if state is None or state.revoking:
+            if state is None or state.revoking or state.rewind_to is not None:
+                continue
+            if state.buffered >= max_records or state.buffered_bytes >= max_bytes:
+                state.rewind_to = record[F_OFFSET]
                 continue
             lane = state.default_lane or self._key_lane(state, record[F_KEY])
             record[F_LANE] = lane.id
@@ -585,28 +599,38 @@ class Dispatcher:
             self._drop_if_idle(lane)
 
     # -- flow control and commits -----------------------------------------------------------
-    def flow_control(self) -> tuple[list[TopicPartition], list[TopicPartition]]:
-        """Partitions to pause (buffer full) and to resume (drained below half)."""
+    def flow_control(self) -> tuple[list[TopicPartition], list[tuple[TopicPartition, int | None]]]:
+        """Partitions to pause (buffer full), and to resume (drained below half) with the offset to
+        seek back to first when records were dropped for lack of room (None: no seek needed)."""
         settings = self.settings
         pause: list[TopicPartition] = []
-        resume: list[TopicPartition] = []
+        resume: list[tuple[TopicPartition, int | None]] = []
         for tp, state in self._partitions.items():
             full = (
                 state.buffered >= settings.max_buffered_records
                 or state.buffered_bytes >= settings.max_buffered_bytes
+                or state.rewind_to is not None
             )
             if full and not state.paused:
                 state.paused = True
                 pause.append(tp)
-            elif state.paused and not full and not state.stopped:
+            elif state.paused and not state.stopped:
                 low = (
                     state.buffered <= settings.max_buffered_records // 2
                     and state.buffered_bytes <= settings.max_buffered_bytes // 2
                 )
                 if low:
                     state.paused = False
-                    resume.append(tp)
+                    resume.append((tp, state.rewind_to))
+                    state.rewind_to = None
         return pause, resume
+
+    def repause(self, tp: TopicPartition, rewind_to: int | None) -> None:
+        """Resuming failed (the seek was refused): stay paused and try again at the next check."""
+        state = self._partitions.get(tp)
+        if state is not None:
+            state.paused = True
+            state.rewind_to = rewind_to
 
     def commit_positions(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Positions that moved since the last commit (of all partitions, or of ``tps``)."""

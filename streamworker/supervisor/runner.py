@@ -552,9 +552,25 @@ class TriggerRunner:
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
             self.log.info("buffer full; partitions paused", partitions=_fmt(pause))
-        if resume:
-            consumer.resume([TopicPartition(t, p) for t, p in resume])
-            self.log.info("buffer drained; partitions resumed", partitions=_fmt(resume))
+        resumed = []
+        for (topic, partition), rewind_to in resume:
+            tp = TopicPartition(topic, partition)
+            try:
+                consumer.resume([tp])
+                if rewind_to is not None:
+                    # Records past the buffer limit were dropped unbuffered: fetch them again. (Seeking
+                    # right after resume also avoids librdkafka's ~1 s delay before refetching.)
+                    consumer.seek(TopicPartition(topic, partition, rewind_to))
+            except KafkaException as exc:
+                consumer.pause([tp])
+                self.dispatcher.repause((topic, partition), rewind_to)
+                self.log.warning(
+                    "resume failed; will retry", partition=f"{topic}/{partition}", error=str(exc)
+                )
+                continue
+            resumed.append((topic, partition))
+        if resumed:
+            self.log.info("buffer drained; partitions resumed", partitions=_fmt(resumed))
 
     # -- timers -----------------------------------------------------------------------------
     def _respawn_due(self, now: float) -> None:
