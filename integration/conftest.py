@@ -75,6 +75,10 @@ def fast_profile() -> dict[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs a Kafka-protocol broker")
+    # Every streamworker the tests start serves /live, /ready and /metrics; on the default 0.0.0.0:8082
+    # two of them (or anything else on the machine) would collide and exit 2. Port 0 picks a free port
+    # (logged as "health server listening"); a test that wants a fixed address passes --health-addr.
+    os.environ.setdefault("STREAMWORKER_HEALTH_ADDR", "127.0.0.1:0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,11 +13,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from streamworker import __version__
-from streamworker.config import ConfigError, load_config
+from streamworker.config import ConfigError, load_config, parse_duration
+from streamworker.config.kafka_settings import client_settings_problem
+from streamworker.observability.health import (
+    DEFAULT_HEALTH_ADDR,
+    DEFAULT_LIVE_TIMEOUT,
+    HEALTH_ADDR_ENV,
+    LIVE_TIMEOUT_ENV,
+    HealthAddress,
+    HealthServer,
+    parse_health_address,
+)
 from streamworker.observability.logging import configure_logging, get_logger
 
 EXIT_CONFIG = 2
@@ -46,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=["json", "console"],
         help="json lines (default) or a human-readable console format",
     )
+    parser.add_argument(
+        "--health-addr",
+        default=os.environ.get(HEALTH_ADDR_ENV, DEFAULT_HEALTH_ADDR),
+        metavar="HOST:PORT",
+        help=f"where /live, /ready and /metrics listen; port 0 picks a free port, 'off' disables "
+        f"(default: ${HEALTH_ADDR_ENV} or {DEFAULT_HEALTH_ADDR})",
+    )
+    parser.add_argument(
+        "--live-timeout",
+        default=os.environ.get(LIVE_TIMEOUT_ENV, DEFAULT_LIVE_TIMEOUT),
+        metavar="DURATION",
+        help=f"/live fails when a trigger's poll loop made no progress for this long "
+        f"(default: ${LIVE_TIMEOUT_ENV} or {DEFAULT_LIVE_TIMEOUT})",
+    )
     return parser
 
 
@@ -62,7 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(argv: Sequence[str]) -> int:
     """``streamworker [run] --config FILE``: run the function until SIGTERM/SIGINT."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        health_address = parse_health_address(args.health_addr)
+    except ValueError as exc:
+        parser.error(f"--health-addr: {exc}")
+    try:
+        live_timeout = parse_duration(args.live_timeout)
+    except ValueError as exc:
+        parser.error(f"--live-timeout: {exc}")
     configure_logging(args.log_level, args.log_format)
     log = get_logger()
     try:
@@ -72,13 +106,38 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_CONFIG
     for warning in loaded.warnings:
         log.warning(warning)
+    problem = client_settings_problem(loaded.config)
+    if problem is not None:
+        print(f"streamworker: {args.config}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
 
+    from streamworker.observability.metrics import MetricsObserver
     from streamworker.supervisor.app import Supervisor
     from streamworker.supervisor.runner import RunnerOptions
 
-    return Supervisor(
-        loaded.config, RunnerOptions(log_level=args.log_level, log_format=args.log_format)
-    ).run()
+    options = RunnerOptions(log_level=args.log_level, log_format=args.log_format)
+    health: HealthServer | None = None
+    if health_address is not None:
+        observer = MetricsObserver(loaded.config.name, [t.name for t in loaded.config.triggers])
+        try:
+            health = HealthServer(health_address, observer, live_timeout)
+        except OSError as exc:
+            print(f"streamworker: {_bind_problem(health_address, exc)}", file=sys.stderr)
+            return EXIT_CONFIG
+        options.observer = observer
+    try:
+        return Supervisor(loaded.config, options, health=health).run()
+    finally:
+        if health is not None:
+            health.stop()
+
+
+def _bind_problem(address: HealthAddress, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return (
+        f"cannot serve health checks on {address}: {reason} "
+        f"(choose another address with --health-addr or ${HEALTH_ADDR_ENV}, or 'off')"
+    )
 
 
 def entry_point() -> None:

@@ -136,6 +136,8 @@ class LocalBroker:
         start_timeout: seconds to wait for the first successful Metadata round trip per attempt.
         stop_timeout: seconds to wait after SIGINT before SIGKILL.
         attempts: how many ports to try when the port is busy.
+        advertised_port: the port the broker tells clients to connect to, when something (a TLS
+            proxy, see :mod:`streamworker.devsecurity`) stands in front of it; default: its own.
     """
 
     port: int | None = None
@@ -144,6 +146,7 @@ class LocalBroker:
     start_timeout: float = 15.0
     stop_timeout: float = 5.0
     attempts: int = 5
+    advertised_port: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
     _bound_port: int | None = field(default=None, init=False, repr=False)
@@ -188,6 +191,7 @@ class LocalBroker:
     def _try_start(self, binary: str, port: int) -> str | None:
         """Start one broker on *port*; return ``None`` when ready, else why it failed (after cleanup)."""
         url = f"tcp://127.0.0.1:{port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or port}"
         # A unique cluster id lets the readiness probe tell *our* broker from any other
         # Kafka-protocol server that might already own the port.
         self._cluster_id = f"streamworker-{uuid.uuid4().hex[:12]}"
@@ -197,7 +201,7 @@ class LocalBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--cluster-id",
             self._cluster_id,
             "--storage-engine",
@@ -345,11 +349,13 @@ def create_topics(
     *,
     replication_factor: int = 1,
     config: Mapping[str, str] | None = None,
+    client_config: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics (``{name: partitions}``) and wait until metadata shows all their partitions.
 
     A topic that already exists is fine (its partition count is not checked against *partitions*
     beyond what metadata reports). Never delete topics in tests: use unique names instead.
+    *config* is topic configuration; *client_config* extra client settings (e.g. TLS).
 
     Raises:
         RuntimeError: the broker refused to create a topic.
@@ -362,7 +368,7 @@ def create_topics(
     if not topics:
         return
     deadline = time.monotonic() + timeout
-    admin = AdminClient(_client_config(bootstrap))
+    admin = AdminClient({**_client_config(bootstrap), **(client_config or {})})
     new_topics = [
         NewTopic(name, num_partitions=n, replication_factor=replication_factor, config=dict(config or {}))
         for name, n in topics.items()
@@ -480,11 +486,14 @@ def committed_offsets(
     topic: str,
     partitions: int | Iterable[int],
     timeout: float = 10.0,
+    *,
+    client_config: Mapping[str, Any] | None = None,
 ) -> dict[int, int]:
     """Read *group*'s committed offsets for *topic* without joining the group.
 
     Args:
         partitions: the partition ids to read, or a partition count (``3`` means 0, 1, 2).
+        client_config: extra client settings (e.g. TLS).
 
     Returns:
         ``{partition: committed offset}``, leaving out partitions with no committed offset, so it
@@ -499,6 +508,7 @@ def committed_offsets(
             "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
+            **(client_config or {}),
         }
     )
     try:

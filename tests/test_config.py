@@ -459,7 +459,8 @@ def test_ignored_nuclio_keys_warn(fn_dir: Path, section_path: str, key: str) -> 
     doc.setdefault("metadata", {})
     target: dict[str, Any] = doc
     for part in section_path.replace("<name>", "orders").split(".") if section_path else []:
-        target = target[part]
+        # Optional sections (sasl, tls) are created switched off, so only the ignored key matters.
+        target = target.setdefault(part, {"enable": False})
     target[key] = {"anything": "${UNSET}"}
     loaded = load(fn_dir, doc)
     where = f"{section_path.replace('<name>', 'orders')}.{key}" if section_path else key
@@ -739,14 +740,16 @@ def test_unknown_key_without_a_close_match_lists_the_keys(fn_dir: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("key", ["sasl", "tls", "caCert"])
-def test_nuclio_security_keys_point_to_librdkafka(fn_dir: Path, key: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "section_key"),
+    [("caCert", "caCert"), ("accessCertificate", "clientCert"), ("accessKey", "clientKey")],
+)
+def test_nuclio_tls_keys_point_to_the_tls_section(fn_dir: Path, key: str, section_key: str) -> None:
     doc = minimal()
-    attributes_of(doc)[key] = {"enable": True}
+    attributes_of(doc)[key] = "-----BEGIN CERTIFICATE-----"
     assert error_of(fn_dir, doc) == (
-        f"function.yaml: spec.triggers.orders.attributes.{key}: unknown key (set security options under "
-        "attributes.librdkafka, e.g. security.protocol, sasl.mechanism, sasl.username, sasl.password, "
-        "ssl.ca.location)"
+        f"function.yaml: spec.triggers.orders.attributes.{key}: "
+        f"unknown key (use attributes.tls.{section_key})"
     )
 
 
@@ -1068,7 +1071,15 @@ def test_every_field_is_documented() -> None:
 
 def test_schema_paths_and_keys() -> None:
     paths = {path for path, _ in iter_field_specs()}
-    assert paths == {"", "metadata", "spec", "spec.triggers.<name>", "spec.triggers.<name>.attributes"}
+    assert paths == {
+        "",
+        "metadata",
+        "spec",
+        "spec.triggers.<name>",
+        "spec.triggers.<name>.attributes",
+        "spec.triggers.<name>.attributes.sasl",
+        "spec.triggers.<name>.attributes.tls",
+    }
     for section in iter_sections():
         keys = [spec.key for spec in section.fields]
         assert len(keys) == len(set(keys)), section.path

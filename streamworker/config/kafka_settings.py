@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .model import GroupProtocol, TriggerConfig
+from .model import (
+    FunctionConfig,
+    GroupProtocol,
+    KafkaAttributes,
+    SaslSettings,
+    TlsSettings,
+    TriggerConfig,
+    is_pem,
+)
 
 # librdkafka refuses max.poll.interval.ms < session.timeout.ms, and a poll interval barely above the
 # session timeout makes a slow handler look like a dead member. Keep at least this much headroom.
@@ -36,6 +44,82 @@ MANAGED_SETTINGS: tuple[tuple[str, str], ...] = (
         "enable.auto.offset.store",
         "streamworker stores offsets itself, only after a record's handler finished",
     ),
+)
+
+
+# librdkafka properties whose values are secrets (librdkafka itself prints them as [redacted]).
+_SENSITIVE_SETTINGS = frozenset(
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.key.pem",
+        "ssl_key",
+        "ssl.keystore.password",
+        "sasl.oauthbearer.config",
+    }
+)
+
+
+def is_sensitive_setting(key: str) -> bool:
+    """Whether a librdkafka property holds a secret whose value must never be shown."""
+    return key in _SENSITIVE_SETTINGS or "password" in key or "secret" in key
+
+
+def sasl_settings(sasl: SaslSettings) -> dict[str, str]:
+    """librdkafka's SASL properties for ``attributes.sasl`` (the password is revealed only here)."""
+    return {
+        "sasl.mechanism": sasl.mechanism.value,
+        "sasl.username": sasl.user,
+        "sasl.password": sasl.password.reveal(),
+    }
+
+
+def tls_settings(tls: TlsSettings) -> dict[str, str]:
+    """librdkafka's ssl.* properties for ``attributes.tls``: PEM text goes to ``*.pem``, paths to
+    ``*.location``."""
+    settings: dict[str, str] = {}
+    for value, name in ((tls.ca_cert, "ssl.ca"), (tls.client_cert, "ssl.certificate")):
+        if value is not None:
+            settings[f"{name}.pem" if is_pem(value) else f"{name}.location"] = value
+    if tls.client_key is not None:
+        settings["ssl.key.location"] = tls.client_key
+    if tls.client_key_pem is not None:
+        settings["ssl.key.pem"] = tls.client_key_pem.reveal()
+    if tls.insecure_skip_verify:
+        settings["enable.ssl.certificate.verification"] = "false"
+        settings["ssl.endpoint.identification.algorithm"] = "none"
+    return settings
+
+
+def security_settings(attrs: KafkaAttributes) -> dict[str, str]:
+    """security.protocol plus the sasl.* / ssl.* properties of the sasl and tls sections.
+
+    Empty when neither is enabled, so settings given through ``attributes.librdkafka`` alone (the
+    escape hatch, e.g. for OAUTHBEARER) keep working untouched.
+    """
+    if attrs.sasl is None and attrs.tls is None:
+        return {}
+    protocol = {(True, True): "SASL_SSL", (True, False): "SASL_PLAINTEXT", (False, True): "SSL"}
+    settings = {"security.protocol": protocol[(attrs.sasl is not None, attrs.tls is not None)]}
+    if attrs.sasl is not None:
+        settings.update(sasl_settings(attrs.sasl))
+    if attrs.tls is not None:
+        settings.update(tls_settings(attrs.tls))
+    return settings
+
+
+# Properties the sasl / tls sections own once enabled; attributes.librdkafka may not set them too.
+SASL_OWNED = ("security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password")
+TLS_OWNED = (
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.ca.pem",
+    "ssl.certificate.location",
+    "ssl.certificate.pem",
+    "ssl.key.location",
+    "ssl.key.pem",
+    "enable.ssl.certificate.verification",
+    "ssl.endpoint.identification.algorithm",
 )
 
 
@@ -92,5 +176,46 @@ def consumer_settings(
     instance_id = static_member_id(trigger, os.environ if environ is None else environ)
     if instance_id is not None:
         settings["group.instance.id"] = instance_id
+    settings.update(security_settings(attrs))
     settings.update(attrs.librdkafka)
     return settings
+
+
+def check_client_settings(trigger: TriggerConfig, function_name: str, environ: Mapping[str, str]) -> None:
+    """Let librdkafka check a trigger's settings without connecting anywhere.
+
+    A client created with no bootstrap servers never opens a connection, yet librdkafka still parses
+    every property and loads the TLS files, so unknown keys, bad values and unreadable certificates
+    show up here as a ``ValueError`` naming the trigger and the problem (never a secret value:
+    librdkafka does not echo them). A missing POD_NAME for staticMembership raises too.
+    """
+    from confluent_kafka import Consumer, KafkaException
+
+    settings: dict[str, object] = dict(consumer_settings(trigger, function_name, environ))
+    settings["bootstrap.servers"] = ""
+    settings["log_level"] = 0  # "no bootstrap.servers configured" is expected here
+    try:
+        consumer = Consumer(settings)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        text = error.str() if hasattr(error, "str") else str(error)
+        raise ValueError(
+            f"spec.triggers.{trigger.name}.attributes: invalid Kafka client settings: {text}"
+        ) from None
+    consumer.close()
+
+
+def client_settings_problem(function: FunctionConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """librdkafka's verdict on every trigger's client settings (no connection is made), or None.
+
+    The run command checks this before starting any worker, so a setting librdkafka refuses shows as
+    one line on stderr with exit code 2, like any other configuration error. ``environ`` defaults to
+    ``os.environ`` plus ``spec.env``, as the runner sees it (POD_NAME may come from spec.env).
+    """
+    env = {**os.environ, **function.env} if environ is None else environ
+    for trigger in function.triggers:
+        try:
+            check_client_settings(trigger, function.name, env)
+        except ValueError as exc:
+            return str(exc)
+    return None

@@ -17,12 +17,24 @@ from typing import Any
 import yaml
 
 from .durations import format_duration
-from .model import FunctionConfig, KafkaAttributes, OnError, TriggerConfig
+from .kafka_settings import SASL_OWNED, TLS_OWNED
+from .model import (
+    FunctionConfig,
+    KafkaAttributes,
+    OnError,
+    SaslSettings,
+    Secret,
+    TlsSettings,
+    TriggerConfig,
+    is_pem,
+)
 from .schema import (
     ATTRIBUTES,
     METADATA,
     ROOT,
+    SASL,
     SPEC,
+    TLS,
     TRIGGER,
     TRIGGERS_REQUIRED,
     FieldError,
@@ -275,10 +287,111 @@ def _parse_trigger(name: object, raw: object, ctx: _Context) -> TriggerConfig:
     if attributes.values["onError"] is OnError.DEADLETTER and not attributes.values["deadLetterTopic"]:
         raise ctx.error(attributes.paths["onError"], "deadletter needs attributes.deadLetterTopic")
 
+    sasl = _parse_sasl(attributes, ctx)
+    tls = _parse_tls(attributes, ctx)
+    owned = (SASL_OWNED if sasl else ()) + (TLS_OWNED if tls else ())
+    for key in attributes.values["librdkafka"]:
+        if key in owned:
+            section = "sasl" if sasl and key in SASL_OWNED else "tls"
+            raise ctx.error(
+                f"{attributes.paths['librdkafka']}.{key}",
+                f"already set by attributes.{section}; set it in one place only",
+            )
+
     return TriggerConfig(
         name=name,
         **_model_kwargs(TRIGGER, trigger),
-        attributes=KafkaAttributes(**_model_kwargs(ATTRIBUTES, attributes)),
+        attributes=KafkaAttributes(**_model_kwargs(ATTRIBUTES, attributes), sasl=sasl, tls=tls),
+    )
+
+
+def _resolve(path: str, ctx: _Context) -> Path:
+    """A path from function.yaml: relative ones are relative to the file's folder, like the handler."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else Path(os.path.abspath(ctx.file)).parent / candidate
+
+
+def _existing_file(path: str, field_path: str, ctx: _Context) -> str:
+    resolved = _resolve(path, ctx)
+    if not resolved.is_file():
+        raise ctx.error(field_path, f"file not found: {resolved}")
+    return str(resolved)
+
+
+def _read_secret_file(path: str, field_path: str, ctx: _Context) -> Secret:
+    resolved = _resolve(path, ctx)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ctx.error(field_path, f"cannot read {resolved}: {reason}") from None
+    # `echo pw > file` and most editors end the file with a newline that is not part of the password.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ctx.error(field_path, f"{resolved} is empty")
+    return Secret(text, source=f"passwordFile {resolved}")
+
+
+def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
+    raw = attributes.values["sasl"]
+    if raw is None:
+        return None
+    path = attributes.paths["sasl"]
+    parsed = _parse_section(SASL, raw, path, ctx)
+    if not parsed.values["enable"]:
+        return None
+    if parsed.values["user"] is None:
+        raise ctx.error(parsed.paths["user"], "required when SASL is enabled")
+    password, password_file = parsed.values["password"], parsed.values["passwordFile"]
+    if password is not None and password_file is not None:
+        raise ctx.error(parsed.paths["passwordFile"], "give password or passwordFile, not both")
+    if password is None and password_file is None:
+        raise ctx.error(f"{path}.password", "required when SASL is enabled (or give passwordFile)")
+    if password_file is not None:
+        secret = _read_secret_file(password_file, parsed.paths["passwordFile"], ctx)
+    else:
+        written = raw.get(_written_key(parsed, "password"))
+        if isinstance(written, str) and "${" in written:
+            secret = Secret(password, source=written.strip())
+        else:
+            ctx.warn(
+                parsed.paths["password"],
+                "written inline in function.yaml; prefer a ${VAR} reference or passwordFile",
+            )
+            secret = Secret(password, source="inline")
+    return SaslSettings(mechanism=parsed.values["mechanism"], user=parsed.values["user"], password=secret)
+
+
+def _written_key(parsed: _Parsed, key: str) -> str:
+    """The key as written in the file (it may be an alias)."""
+    return parsed.paths[key].rsplit(".", 1)[-1]
+
+
+def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
+    raw = attributes.values["tls"]
+    if raw is None:
+        return None
+    parsed = _parse_section(TLS, raw, attributes.paths["tls"], ctx)
+    if not parsed.values["enable"]:
+        return None
+
+    def material(key: str) -> str | None:
+        value: str | None = parsed.values[key]
+        if value is None or is_pem(value):
+            return value
+        return _existing_file(value, parsed.paths[key], ctx)
+
+    cert, key = material("clientCert"), material("clientKey")
+    if (cert is None) != (key is None):
+        missing = "clientKey" if key is None else "clientCert"
+        present = "clientCert" if key is None else "clientKey"
+        raise ctx.error(parsed.paths[missing], f"required with {present} (mutual TLS needs both)")
+    return TlsSettings(
+        ca_cert=material("caCert"),
+        client_cert=cert,
+        client_key=None if key is None or is_pem(key) else key,
+        client_key_pem=Secret(key, source="PEM text") if key is not None and is_pem(key) else None,
+        insecure_skip_verify=parsed.values["insecureSkipVerify"],
     )
 
 

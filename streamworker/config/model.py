@@ -53,6 +53,14 @@ class GroupProtocol(enum.StrEnum):
     CONSUMER = "consumer"
 
 
+class SaslMechanism(enum.StrEnum):
+    """SASL mechanisms streamworker configures (others through attributes.librdkafka)."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
 class InitialOffset(enum.StrEnum):
     """Where a consumer group without a committed offset starts (librdkafka's auto.offset.reset)."""
 
@@ -69,6 +77,54 @@ class HandlerRef:
 
     def __str__(self) -> str:
         return f"{self.module}:{self.function}"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value (password, private key) that never shows in a repr, a log line or an error.
+
+    ``reveal()`` is the one way to read it, so every place that handles the plain text is greppable.
+    ``source`` says where it came from ("passwordFile /run/secrets/pw", "${KAFKA_PASSWORD}",
+    "inline") and is safe to show.
+    """
+
+    value: str = field(repr=False)
+    source: str = "inline"
+
+    def reveal(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Secret(<hidden>, source={self.source!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class SaslSettings:
+    """``attributes.sasl`` when enabled: SASL authentication towards the brokers."""
+
+    mechanism: SaslMechanism
+    user: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """``attributes.tls`` when enabled. ca_cert and client_cert are a file path (absolute, resolved
+    against the folder of function.yaml) or PEM text (from a ``${VAR}``); ``is_pem`` tells which. The
+    client key is a path (``client_key``) or, when given as PEM text, a ``Secret``."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_key_pem: Secret | None = None
+    insecure_skip_verify: bool = False
+
+
+def is_pem(text: str) -> bool:
+    """PEM text rather than a file path: what Nuclio's caCert/accessKey carry."""
+    return text.lstrip().startswith("-----BEGIN ")
 
 
 @dataclass(frozen=True)
@@ -95,7 +151,10 @@ class KafkaAttributes:
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 10000
     max_buffered_bytes: int = 64 * 1024 * 1024
-    librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
+    librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
+    sasl: SaslSettings | None = None  # None: SASL off
+    tls: TlsSettings | None = None  # None: TLS off
 
     @property
     def failure_action(self) -> OnError:

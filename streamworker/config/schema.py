@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .durations import format_byte_size, format_duration, parse_byte_size, parse_duration
-from .kafka_settings import MANAGED_SETTINGS
+from .kafka_settings import MANAGED_SETTINGS, is_sensitive_setting
 from .model import (
     AllocationMode,
     BalanceStrategy,
@@ -30,6 +30,8 @@ from .model import (
     InitialOffset,
     KafkaAttributes,
     OnError,
+    SaslMechanism,
+    is_pem,
 )
 
 E = TypeVar("E", bound=enum.Enum)
@@ -391,14 +393,37 @@ def parse_librdkafka(value: object) -> dict[str, str]:
         elif isinstance(raw, (str, int, float)):
             settings[key] = str(raw)
         else:
-            raise FieldError(f"must be a string, number or boolean, {got(raw)}", f".{key}")
+            # A secret's value must not reach an error message, even a malformed one.
+            shown = f"got {type_name(raw)}" if is_sensitive_setting(key) else got(raw)
+            raise FieldError(f"must be a string, number or boolean, {shown}", f".{key}")
     return settings
+
+
+def parse_secret(value: object) -> str:
+    """A password or key: like parse_string, but the value never appears in the problem text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type_name(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value  # not stripped: spaces may be part of a password
+
+
+def parse_pem_or_path(value: object) -> str:
+    """A file path or PEM text (usually from a ``${VAR}``); the text is not echoed in problems."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a file path or PEM text, got {type_name(value)}")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip() if is_pem(value) else value
 
 
 def enum_parser(enum_type: type[E], aliases: Mapping[str, E] | None = None) -> Callable[[object], E]:
     """A parse function for an enum given by its values, case-insensitively, plus aliases."""
-    by_name: dict[str, E] = {str(member.value): member for member in enum_type}
-    by_name.update(aliases or {})
+    # Keys are lowercased like the input, so mixed-case values (explicitOnly, SCRAM-SHA-256) match.
+    by_name: dict[str, E] = {str(member.value).lower(): member for member in enum_type}
+    by_name.update({alias.lower(): member for alias, member in (aliases or {}).items()})
 
     def parse(value: object) -> E:
         if isinstance(value, str) and value.strip().lower() in by_name:
@@ -605,9 +630,11 @@ TRIGGER = SectionSpec(
     ignored=("class", "maxWorkers", "annotations", "workerAvailabilityTimeoutMilliseconds", "disable"),
 )
 
-_SECURITY_HINT = (
-    "set security options under attributes.librdkafka, e.g. security.protocol, sasl.mechanism, "
-    "sasl.username, sasl.password, ssl.ca.location"
+# Nuclio puts the TLS material at the attributes level; here it lives in the tls section.
+_TLS_KEY_HINTS = (
+    ("caCert", "use attributes.tls.caCert"),
+    ("accessCertificate", "use attributes.tls.clientCert"),
+    ("accessKey", "use attributes.tls.clientKey"),
 )
 
 ATTRIBUTES = SectionSpec(
@@ -769,9 +796,26 @@ ATTRIBUTES = SectionSpec(
             "librdkafka",
             "librdkafka",
             parse_librdkafka,
-            "Extra librdkafka consumer settings (security, fetch sizes, ...), applied last; values "
-            "become strings. Keys streamworker sets from other attributes are refused.",
+            "Extra librdkafka consumer settings (fetch sizes, other SASL mechanisms, ...), applied "
+            "last; values become strings. Keys streamworker sets from other attributes (or from the "
+            "sasl and tls sections, when enabled) are refused. librdkafka checks them at startup.",
             lambda default: "{}",
+        ),
+        FieldSpec(
+            "sasl",
+            "sasl",
+            parse_mapping,
+            "SASL authentication: see the sasl section.",
+            default_text="off",
+            section="spec.triggers.<name>.attributes.sasl",
+        ),
+        FieldSpec(
+            "tls",
+            "tls",
+            parse_mapping,
+            "TLS encryption (and mutual TLS): see the tls section.",
+            default_text="off",
+            section="spec.triggers.<name>.attributes.tls",
         ),
     ),
     ignored=(
@@ -784,10 +828,103 @@ ATTRIBUTES = SectionSpec(
         "logLevel",
         "maxWaitTime",
     ),
-    hints=tuple((key, _SECURITY_HINT) for key in ("sasl", "tls", "caCert", "accessKey", "accessCertificate")),
+    hints=_TLS_KEY_HINTS,
 )
 
-SECTIONS: tuple[SectionSpec, ...] = (ROOT, METADATA, SPEC, TRIGGER, ATTRIBUTES)
+SASL = SectionSpec(
+    path="spec.triggers.<name>.attributes.sasl",
+    help="SASL authentication towards the brokers. The password is never logged; give it as a "
+    "${VAR} reference or in a file (passwordFile), not inline.",
+    fields=(
+        FieldSpec(
+            "enable",
+            "enable",
+            parse_bool,
+            "Use SASL. The section being present turns it on; `enable: false` turns it off without "
+            "deleting the section.",
+            default=True,
+            default_text="true",
+        ),
+        FieldSpec(
+            "mechanism",
+            "mechanism",
+            enum_parser(SaslMechanism),
+            "SASL mechanism (case-insensitive). Others (OAUTHBEARER, GSSAPI) through attributes.librdkafka.",
+            default=SaslMechanism.PLAIN,
+            choices=tuple(member.value for member in SaslMechanism),
+            default_text=SaslMechanism.PLAIN.value,
+        ),
+        FieldSpec("user", "user", parse_string, "SASL user name.", default_text="required when enabled"),
+        FieldSpec(
+            "password",
+            "password",
+            parse_secret,
+            "SASL password, usually `${KAFKA_PASSWORD}`; exactly one of password and passwordFile.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "passwordFile",
+            "password_file",
+            parse_string,
+            "File holding the SASL password (e.g. a mounted Kubernetes secret); one trailing newline "
+            "is dropped. A relative path is relative to the folder of function.yaml.",
+            default_text="none",
+        ),
+    ),
+    ignored=("handshake",),
+    hints=(("oauth", "OAUTHBEARER is not configured here; use attributes.librdkafka (sasl.oauthbearer.*)"),),
+)
+
+TLS = SectionSpec(
+    path="spec.triggers.<name>.attributes.tls",
+    help="TLS towards the brokers. Certificates and the key are file paths (relative to the folder of "
+    "function.yaml) or PEM text, e.g. from a ${VAR}.",
+    fields=(
+        FieldSpec(
+            "enable",
+            "enable",
+            parse_bool,
+            "Use TLS. The section being present turns it on; `enable: false` turns it off without "
+            "deleting the section.",
+            default=True,
+            default_text="true",
+        ),
+        FieldSpec(
+            "caCert",
+            "ca_cert",
+            parse_pem_or_path,
+            "CA certificate(s) that signed the brokers' certificates.",
+            default_text="the system's CA store",
+        ),
+        FieldSpec(
+            "clientCert",
+            "client_cert",
+            parse_pem_or_path,
+            "Client certificate, for brokers that require mutual TLS; needs clientKey.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "clientKey",
+            "client_key",
+            parse_pem_or_path,
+            "Private key of clientCert (unencrypted PEM; for an encrypted key also set "
+            "attributes.librdkafka.ssl.key.password). Never logged.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "insecureSkipVerify",
+            "insecure_skip_verify",
+            parse_bool,
+            "Do not verify the brokers' certificates or host names. For tests only: it lets anyone "
+            "in the middle read the traffic.",
+            default=False,
+            default_text="false",
+        ),
+    ),
+    ignored=("minimumVersion",),
+)
+
+SECTIONS: tuple[SectionSpec, ...] = (ROOT, METADATA, SPEC, TRIGGER, ATTRIBUTES, SASL, TLS)
 
 
 def iter_sections() -> Iterator[SectionSpec]:
