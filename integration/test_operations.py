@@ -430,3 +430,52 @@ def test_secrets_never_logged_when_a_wrong_password_is_refused(
     assert "SASL authentication error" in everything  # the run did log about the login...
     assert wrong not in everything  # ...but never the password
     assert "PLAIN login refused" in sasl_broker.proxy.failures  # it was sent, and checked
+
+
+FAILING_HANDLER = """
+def handler(context, event):
+    if event.body == b"poison":
+        raise ValueError("cannot handle this record")
+"""
+
+
+def test_a_partition_stopped_by_on_error_stop_makes_ready_503(
+    broker_bootstrap: str,
+    unique: Any,
+    function_dir: Any,
+    streamworker_process: Any,
+    wait_until: Any,
+    quick_profile: dict[str, str],
+) -> None:
+    topic, group = unique("ops-stop"), unique("ops-stop-g")
+    create_topics(broker_bootstrap, {topic: 2})
+    produce(broker_bootstrap, topic, [Record(value=b"ok", partition=1), Record(value=b"poison", partition=0)])
+    config = function_dir(
+        FAILING_HANDLER,
+        {
+            "metadata": {"name": "ops-stop"},
+            "spec": {
+                "handler": "main:handler",
+                "triggers": {
+                    "k": {
+                        "kind": "kafka-cluster",
+                        "attributes": {
+                            "brokers": broker_bootstrap,
+                            "topics": [topic],
+                            "consumerGroup": group,
+                            "maxRetries": 0,
+                            "onError": "stop",
+                            **quick_profile,
+                        },
+                    }
+                },
+            },
+        },
+    )
+    proc = streamworker_process(config)
+    port = health_port(proc)
+    proc.wait_for_log("handler failed; retries exhausted; partition stopped until restart", timeout=30)
+    status, body = wait_until(response_when(port, "/ready", lambda s, _b: s == 503), 10)
+    assert status == 503 and f"{topic}/0" in body and "stopped" in body
+    assert http_get(port, "/live")[0] == 200, "a stopped partition is not a dead process"
+    assert proc.terminate() == 0

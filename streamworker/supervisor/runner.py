@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streamworker.config.kafka_settings import consumer_settings
 from streamworker.config.model import FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
-from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, WorkerInit
+from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, Status, WorkerInit
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.deadletter import DeadLetterSink, producer_settings
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, FailurePolicy, Record
@@ -213,7 +213,8 @@ class TriggerRunner:
                 failures = dispatcher.complete(seat.worker_id, message[1], now)
                 process.busy_since = now
                 if self._observed:
-                    self.observer.on_durations(self.trigger.name, [r[2] for r in message[1]])
+                    ran = [r[2] for r in message[1] if r[1] != Status.DEFERRED]
+                    self.observer.on_durations(self.trigger.name, ran)
                 for failure in failures:
                     self._on_failure(failure)
             elif kind == Msg.READY:
@@ -685,6 +686,8 @@ class TriggerRunner:
         """Stop fetching, finish in-flight events (bounded), commit, terminate workers, leave the group."""
         self._stopping = True
         started = time.monotonic()
+        if self._observed:
+            self._publish(consumer, started)  # readiness flips before the slow part of stopping
         assigned = self.dispatcher.partitions
         self.log.info("stopping", partitions=_fmt(assigned), inflight=self.dispatcher.inflight_total)
         if assigned:
