@@ -47,7 +47,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 RESULTS = ("success", "error", "retried", "dead_lettered", "skipped")
 REBALANCE_KINDS = ("assign", "revoke", "lost")
-RESTART_REASONS = ("crash", "event_timeout", "rebalance_deadline", "killed")
+RESTART_REASONS = ("crash", "event_timeout", "rebalance_deadline", "shutdown_timeout")
 
 
 @dataclass

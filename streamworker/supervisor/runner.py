@@ -171,15 +171,7 @@ class TriggerRunner:
         failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running)
         for failure in failures:
             self._on_failure(failure)
-        kind = (
-            "event_timeout"
-            if reason.startswith("eventTimeout")
-            else (
-                "rebalance_deadline"
-                if "rebalance" in reason
-                else ("killed" if process.kill_reason else "crash")
-            )
-        )
+        kind = process.kill_kind or "crash"
         self._restarts[kind] = self._restarts.get(kind, 0) + 1
         if now - process.started_at > STABLE_WORKER_SECONDS:
             seat.crashes = 0
@@ -196,11 +188,12 @@ class TriggerRunner:
             respawn_in_s=round(seat.respawn_at - now, 3),
         )
 
-    def _kill_worker(self, seat: WorkerSeat, reason: str) -> None:
+    def _kill_worker(self, seat: WorkerSeat, reason: str, kind: str) -> None:
         """Kill a worker on purpose; the death is handled like any other when its pipe closes."""
         if seat.process is not None:
             self.log.warning("killing worker", worker=seat.worker_id, pid=seat.process.pid, reason=reason)
             seat.process.kill_reason = reason
+            seat.process.kill_kind = kind
             seat.process.kill()
 
     def _handle_messages(self, seat: WorkerSeat, messages: list[list[Any]], now: float) -> None:
@@ -390,7 +383,9 @@ class TriggerRunner:
         self._wait_for_inflight(tps, deadline)
         stuck = self.dispatcher.workers_busy_with(tps)
         for wid in stuck:
-            self._kill_worker(self.seats[wid], "handler still running at the rebalance deadline")
+            self._kill_worker(
+                self.seats[wid], "handler still running at the rebalance deadline", "rebalance_deadline"
+            )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
         # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
@@ -591,7 +586,7 @@ class TriggerRunner:
                 and self.dispatcher.worker_busy(seat.worker_id)
                 and now - process.busy_since > timeout
             ):
-                self._kill_worker(seat, f"eventTimeout of {timeout}s elapsed")
+                self._kill_worker(seat, f"eventTimeout of {timeout}s elapsed", "event_timeout")
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -700,7 +695,9 @@ class TriggerRunner:
         self._wait_for_inflight(None, started + budget)
         stuck = {s.worker_id for s in self.seats if self.dispatcher.worker_busy(s.worker_id)}
         for wid in stuck:
-            self._kill_worker(self.seats[wid], "handler still running at workerTerminationTimeout")
+            self._kill_worker(
+                self.seats[wid], "handler still running at workerTerminationTimeout", "shutdown_timeout"
+            )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
         sink = self.dead_letters

@@ -42,6 +42,7 @@ class WorkerProcess:
         self.exit_code: int | None = None
         # Set when the supervisor kills the worker on purpose, so the death is logged with the cause.
         self.kill_reason: str | None = None
+        self.kill_kind: str | None = None  # short label for metrics: event_timeout, rebalance_deadline, ...
         self.terminated = False
         self._reader = FrameReader()
         to_child_r, to_child_w = os.pipe()
