@@ -372,13 +372,7 @@ class TriggerRunner:
         self._count_rebalance("revoke")
         started = time.monotonic()
         dropped = self.dispatcher.begin_revoke(tps)
-        # Events of these partitions queued on workers but not started are dropped there too: only
-        # the running ones are worth waiting for; the new owner refetches the rest.
-        lanes = self.dispatcher.lanes_of(tps)
-        for wid in self.dispatcher.workers_busy_with(tps):
-            process = self.seats[wid].process
-            if process is not None:
-                process.send([Msg.CANCEL, lanes])
+        self._cancel_queued(tps)
         deadline = started + self.attrs.max_wait_handler_during_rebalance
         self._wait_for_inflight(tps, deadline)
         stuck = self.dispatcher.workers_busy_with(tps)
@@ -401,6 +395,15 @@ class TriggerRunner:
             killed_workers=sorted(stuck),
             took_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    def _cancel_queued(self, tps: list[TP]) -> None:
+        """Drop the events of ``tps`` that are queued on workers but not started: only the running
+        ones are worth waiting for; whoever owns the partitions next fetches the rest again."""
+        lanes = self.dispatcher.lanes_of(tps)
+        for wid in self.dispatcher.workers_busy_with(tps):
+            process = self.seats[wid].process
+            if process is not None:
+                process.send([Msg.CANCEL, lanes])
 
     def _drain(self, worker_ids: set[int], deadline: float) -> list[int]:
         """Run the drain callbacks of ``worker_ids`` and wait for each to report it done (bounded)."""
@@ -691,6 +694,7 @@ class TriggerRunner:
             except KafkaException as exc:
                 self.log.warning("pause on shutdown failed", error=str(exc))
         dropped = self.dispatcher.begin_revoke(assigned)
+        self._cancel_queued(assigned)
         budget = self.trigger.worker_termination_timeout
         self._wait_for_inflight(None, started + budget)
         stuck = {s.worker_id for s in self.seats if self.dispatcher.worker_busy(s.worker_id)}
