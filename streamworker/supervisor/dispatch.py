@@ -503,6 +503,10 @@ class Dispatcher:
     def worker_ready(self, wid: int) -> None:
         self._workers[wid].ready = True
 
+    def queued_on(self, wid: int) -> int:
+        """Events queued on (or running in) the worker."""
+        return len(self._workers[wid].outstanding)
+
     def worker_busy(self, wid: int) -> bool:
         return bool(self._workers[wid].outstanding)
 

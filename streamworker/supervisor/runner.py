@@ -251,7 +251,9 @@ class TriggerRunner:
             process = self.seats[wid].process
             if process is None:  # cannot happen: the dispatcher only uses ready workers
                 continue
-            if not process.busy_since or now - process.busy_since > 0.5:
+            if self.dispatcher.queued_on(wid) == len(events):
+                # The worker was idle: its clock (eventTimeout, crash attribution) starts now. A
+                # batch sent to a busy worker must not restart it, or a hung call is never timed out.
                 process.busy_since = now
             process.send([Msg.EVENTS, events])
 
@@ -435,6 +437,8 @@ class TriggerRunner:
         tps = _partition_list(partitions)
         self._count_rebalance("lost")
         self.dispatcher.begin_revoke(tps)
+        # Another member may own them already: do not start any more of their records here.
+        self._cancel_queued(tps)
         self.dispatcher.forget(tps)
         self.log.warning(
             "partitions lost (session expired); nothing committed for them", partitions=_fmt(tps)
