@@ -96,6 +96,9 @@ EVENT_FIELDS = (
     F_ATTEMPT,
     F_RETRY,
 ) = range(len(EVENT_FIELDS))
+# One more element the supervisor appends for itself: key + value bytes, computed once at fetch for
+# its buffer and window accounting. It travels on the wire too (one small int); workers ignore it.
+F_SIZE = len(EVENT_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ T = "orders"
 
 
 def rec(partition: int, offset: int, value: bytes = b"v", key: bytes | None = None) -> Record:
-    return [0, 0, T, partition, offset, key, value, None, None, 1, False]
+    return [0, 0, T, partition, offset, key, value, None, None, 1, False, len(value) + len(key or b"")]
 
 
 def make(

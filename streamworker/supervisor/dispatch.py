@@ -34,22 +34,17 @@ from streamworker.protocol import (
     F_PARTITION,
     F_RETRY,
     F_SEQ,
+    F_SIZE,
     F_TOPIC,
-    F_VALUE,
     Status,
 )
 from streamworker.supervisor.offsets import PartitionOffsets
 
 Record = list[Any]
+_OK, _DEFERRED, _NO_ACK = int(Status.OK), int(Status.DEFERRED), int(Status.NO_ACK)
 TopicPartition = tuple[str, int]
 # (seq, status, duration_s, error_type, error_message) as sent by a worker
 Result = list[Any]
-
-
-def record_size(record: Record) -> int:
-    value = record[F_VALUE]
-    key = record[F_KEY]
-    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -334,7 +329,7 @@ class Dispatcher:
             record[F_LANE] = lane.id
             state.offsets.track(record[F_OFFSET])
             state.buffered += 1
-            state.buffered_bytes += record_size(record)
+            state.buffered_bytes += record[F_SIZE]
             lane.pending.append(record)
             if lane.id not in runnable:
                 runnable[lane.id] = lane
@@ -384,7 +379,7 @@ class Dispatcher:
                 lane.hold = False
                 self._inflight[seq] = record
                 slot.outstanding.append(seq)
-                slot.outstanding_bytes += record_size(record)
+                slot.outstanding_bytes += record[F_SIZE]
                 batch.append(record)
             free[wid] -= count
             lane.partition.handled_by.add(wid)
@@ -419,31 +414,45 @@ class Dispatcher:
         failures: list[Failure] = []
         touched: list[Lane] = []
         ack_mode = self.settings.ack_mode
+        explicit_only = ack_mode is ExplicitAckMode.EXPLICIT_ONLY
+        outstanding = slot.outstanding
+        inflight = self._inflight
+        lanes = self._lanes
+        suspects = self._suspects
+        done_by_topic: dict[str, int] = {}
         for result in results:
             seq = result[0]
             # Results come in dispatch order, so the head of ``outstanding`` is this result's seq.
-            if slot.outstanding and slot.outstanding[0] == seq:
-                slot.outstanding.popleft()
+            if outstanding and outstanding[0] == seq:
+                outstanding.popleft()
             else:
                 try:
-                    slot.outstanding.remove(seq)
+                    outstanding.remove(seq)
                 except ValueError:
                     pass
-            record = self._inflight.pop(seq, None)
+            record = inflight.pop(seq, None)
             if record is None:
                 continue  # its partition was revoked or lost meanwhile
-            slot.outstanding_bytes -= record_size(record)
-            lane = self._lanes[record[F_LANE]]
+            size = record[F_SIZE]
+            slot.outstanding_bytes -= size
+            lane = lanes[record[F_LANE]]
             lane.inflight -= 1
             status = result[1]
-            if status == Status.OK:
-                if ack_mode is ExplicitAckMode.EXPLICIT_ONLY:
-                    self._await_ack(lane.partition, record)
-                else:
-                    self._finish(lane.partition, record)
-            elif status == Status.DEFERRED:
+            if status == _OK and not explicit_only:
+                # The hot path, inlined: _finish without its per-record outcome count.
+                state = lane.partition
+                if suspects:
+                    suspects.discard((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
+                state.offsets.done(record[F_OFFSET])
+                state.buffered -= 1
+                state.buffered_bytes -= size
+                topic = record[F_TOPIC]
+                done_by_topic[topic] = done_by_topic.get(topic, 0) + 1
+            elif status == _OK:
+                self._await_ack(lane.partition, record)
+            elif status == _DEFERRED:
                 lane.returned.append(record)
-            elif status == Status.NO_ACK:
+            elif status == _NO_ACK:
                 if ack_mode is ExplicitAckMode.DISABLE:
                     self._finish(lane.partition, record)  # no-ack responses mean nothing then
                 else:
@@ -452,10 +461,13 @@ class Dispatcher:
                 failures.append(self._fail(lane, record, str(result[3]), str(result[4]), now))
             if lane.inflight == 0:
                 touched.append(lane)
+        for topic, count in done_by_topic.items():
+            key = (topic, "success")
+            self.outcomes[key] = self.outcomes.get(key, 0) + count
         for lane in touched:
             if lane.inflight == 0:
                 self._settle(lane)
-        if not slot.outstanding:
+        if not outstanding:
             slot.outstanding_bytes = 0
             slot.exclusive = False
         return failures
@@ -526,7 +538,7 @@ class Dispatcher:
             self._suspects.discard((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
         state.offsets.done(record[F_OFFSET])
         state.buffered -= 1
-        state.buffered_bytes -= record_size(record)
+        state.buffered_bytes -= record[F_SIZE]
 
     def _fail(self, lane: Lane, record: Record, error_type: str, message: str, now: float) -> Failure:
         """An attempt failed: schedule a retry, or apply the final action once retries are used up."""

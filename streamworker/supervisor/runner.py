@@ -533,6 +533,8 @@ class TriggerRunner:
                     self.log.warning("fetch error", error=error.str(), topic=message.topic())
                 continue
             ts_type, ts = message.timestamp()
+            key = message.key()
+            value = message.value()
             append(
                 [
                     0,
@@ -540,12 +542,13 @@ class TriggerRunner:
                     message.topic(),
                     message.partition(),
                     message.offset(),
-                    message.key(),
-                    message.value(),
+                    key,
+                    value,
                     message.headers(),
                     ts if ts_type else None,
                     1,
                     False,
+                    (len(value) if value is not None else 0) + (len(key) if key is not None else 0),
                 ]
             )
         self.dispatcher.add(records)
