@@ -87,7 +87,8 @@ def main(count: int = 24) -> int:
         )
         shown = EXAMPLE.relative_to(Path.cwd()) if EXAMPLE.is_relative_to(Path.cwd()) else EXAMPLE
         _say(f"3. streamworker --config {shown}")
-        env = {**os.environ, "KAFKA_BROKERS": broker.bootstrap}
+        # A free loopback port for the health server: the demo must not collide with anything on 8082.
+        env = {"STREAMWORKER_HEALTH_ADDR": "127.0.0.1:0", **os.environ, "KAFKA_BROKERS": broker.bootstrap}
         process = subprocess.Popen(
             [sys.executable, "-m", "streamworker", "--config", str(EXAMPLE)],
             stdout=subprocess.PIPE,
