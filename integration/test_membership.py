@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,56 @@ def test_shutdown_racing_a_worker_crash_exits_cleanly_without_committing_it(
     assert committed_offsets(broker_bootstrap, group, topic, 1).get(0, 0) == 0, (
         "the crashed record is not done"
     )
+
+
+LEDGER_HANDLER = """
+import json
+import os
+
+
+def handler(context, event):
+    with open(os.path.join(os.environ["STATE"], "ledger"), "a") as ledger:
+        ledger.write(json.dumps([event.partition, event.offset, os.getpid()]) + "\\n")
+"""
+
+
+def test_roundrobin_revoke_and_reassign_lose_nothing(
+    broker_bootstrap: str,
+    unique: Any,
+    function_dir: Any,
+    streamworker_process: Any,
+    wait_until: Any,
+    quick_profile: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Eager protocols (range, roundrobin) revoke everything on each rebalance: the same revoke path
+    # (wait, drain, commit, release) must hold there too.
+    topic, group = unique("rr"), unique("rr-g")
+    create_topics(broker_bootstrap, {topic: 4})
+    first = produce(
+        broker_bootstrap, topic, [Record(value=b"a", partition=p) for p in range(4) for _ in range(5)]
+    )
+    config = _config(broker_bootstrap, topic, group, quick_profile, balanceStrategy="roundrobin")
+    config["spec"]["env"] = [{"name": "STATE", "value": str(tmp_path)}]
+    a = streamworker_process(function_dir(LEDGER_HANDLER, config, name="a"))
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 4) == first, 30)
+    b = streamworker_process(function_dir(LEDGER_HANDLER, config, name="b"))
+    b.wait_for_log(_assigned, timeout=30)
+    revoked = a.wait_for_log("partitions revoked", timeout=30)
+    assert sorted(revoked["partitions"]) == sorted(f"{topic}/{p}" for p in range(4)), "eager: all revoked"
+    a.wait_for_log(lambda e: _assigned(e) and len(e["partitions"]) == 2, timeout=30)
+    second = produce(
+        broker_bootstrap, topic, [Record(value=b"b", partition=p) for p in range(4) for _ in range(5)]
+    )
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 4) == second, 30)
+    assert b.terminate() == 0
+    a.wait_for_log(lambda e: _assigned(e) and len(e["partitions"]) == 4, timeout=30)
+    third = produce(
+        broker_bootstrap, topic, [Record(value=b"c", partition=p) for p in range(4) for _ in range(5)]
+    )
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 4) == third, 30)
+    assert a.terminate() == 0
+    lines = [tuple(json.loads(line)) for line in (tmp_path / "ledger").read_text().splitlines()]
+    handled = {(p, o) for p, o, _pid in lines}
+    assert handled == {(p, o) for p in range(4) for o in range(15)}, "every record handled"
+    assert len({pid for _p, _o, pid in lines}) >= 2, "both members handled records"
