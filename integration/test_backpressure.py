@@ -23,35 +23,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ledger_source import LEDGER_WRITE
+
 from streamworker.devbroker import Record, committed_offsets, create_topics, produce
 
-HANDLER = """
+HANDLER = (
+    """
 import json
 import os
 import time
 
-LEDGER = os.environ["LEDGER"]
-DELAY_S = float(os.environ.get("DELAY_S", "0"))
-
-
-def write(kind, context, event, **fields):
-    entry = {
-        "kind": kind,
-        "pid": os.getpid(),
-        "worker_id": context.worker_id,
-        "partition": event.partition,
-        "offset": event.offset,
-        "attempt": event.attempt,
-        **fields,
-    }
-    line = (json.dumps(entry, sort_keys=True) + "\\n").encode("utf-8")
-    assert len(line) < 4096, "ledger lines must stay below PIPE_BUF to be atomic"
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
+"""
+    + LEDGER_WRITE
+    + """
 
 def handler(context, event):
     start = time.time()
@@ -62,6 +46,7 @@ def handler(context, event):
     write("done", context, event, start=start, end=time.time())
     return "ok"
 """
+)
 
 TRIGGER = "slow"
 
