@@ -13,10 +13,21 @@ Supervisor -> worker
     [CANCEL, [lane, ...]]                          drop queued (not started) events of these lanes,
                                                    answering DEFERRED for each (partitions revoked)
 
+    An item of EVENTS is either one event (a list of ``EVENT_FIELDS``) or a *run*: consecutive
+    records of one partition sent as columns (a list of ``RUN_FIELDS``), which the worker runs in
+    order and reports as one (run results below). Runs are how pool and static mode avoid
+    per-record work in the supervisor.
+
 Worker -> supervisor
     [READY, {"pid": int}]                          handler imported and init_context done
     [INIT_FAILED, {"error_type", "message", "traceback"}]   then the worker exits non-zero
     [RESULTS, [[seq, status, duration_s, error_type, error_message], ...]]
+                                                   a run's result has a sixth element, the durations
+                                                   of the records that ran fine since its last report:
+                                                   status OK (all of it done), PROGRESS (those done,
+                                                   more to come), ERROR (those done, then the next one
+                                                   failed after duration_s; the rest did not run) or
+                                                   DEFERRED (those done; the rest did not run)
     [DRAINED, request_id]
     [TERMINATED]
     [ACKS, [[topic, partition, offset], ...]]      explicit acks made by handlers
@@ -65,6 +76,8 @@ class Status(enum.IntEnum):
     DEFERRED = 2
     # Handler returned a response marked no-ack (explicit ack mode): ran fine, but not done yet.
     NO_ACK = 3
+    # A run reports the records it finished so far; the run itself is still going.
+    PROGRESS = 4
 
 
 # Position of each field in a wire event (a msgpack array). ``lane`` groups events that must run in
@@ -99,6 +112,29 @@ EVENT_FIELDS = (
 # One more element the supervisor appends for itself: key + value bytes, computed once at fetch for
 # its buffer and window accounting. It travels on the wire too (one small int); workers ignore it.
 F_SIZE = len(EVENT_FIELDS)
+
+
+# A run: consecutive records of one partition as columns (same index = same record). They share
+# topic, partition, lane and retry flag; their attempt is 1.
+RUN_FIELDS = (
+    "seq",
+    "lane",
+    "topic",
+    "partition",
+    "retry",
+    "offsets",
+    "keys",
+    "values",
+    "headers",
+    "timestamps_ms",
+)
+(R_SEQ, R_LANE, R_TOPIC, R_PARTITION, R_RETRY, R_OFFSETS, R_KEYS, R_VALUES, R_HEADERS, R_TIMESTAMPS) = range(
+    len(RUN_FIELDS)
+)
+# How a worker tells a run from an event: an event has len(EVENT_FIELDS) + 1 elements.
+RUN_LENGTH = len(RUN_FIELDS)
+# Index of the durations list in a run's result.
+RESULT_RUN_DURATIONS = 5
 
 
 @dataclass(frozen=True)

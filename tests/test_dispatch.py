@@ -5,8 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
-from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_RETRY, F_SEQ, Status
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record
+from streamworker.protocol import (
+    F_ATTEMPT,
+    F_OFFSET,
+    F_PARTITION,
+    F_RETRY,
+    F_SEQ,
+    R_OFFSETS,
+    R_PARTITION,
+    R_SEQ,
+    RUN_FIELDS,
+    Status,
+)
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
 
 T = "orders"
 
@@ -406,3 +417,153 @@ def test_next_retry_at_tells_the_loop_how_long_it_may_sleep() -> None:
     d.complete(0, error(batch), now=10.0)
     assert d.next_retry_at(10.0) == 10.5, "the retry is due after its backoff"
     assert d.next_retry_at(10.6) is None, "due already: nothing to wait for"
+
+
+# -- runs: a partition's consecutive records as one unit (pool and static mode) -------------------
+
+
+def run_of(partition: int, first: int, count: int, value: bytes = b"v") -> Run:
+    return Run(
+        T,
+        partition,
+        list(range(first, first + count)),
+        [b"k"] * count,
+        [value] * count,
+        [None] * count,
+        [None] * count,
+    )
+
+
+def run_offsets(wire: list[Any]) -> tuple[int, list[int]]:
+    assert len(wire) == len(RUN_FIELDS), "not a run"
+    return wire[R_PARTITION], list(wire[R_OFFSETS])
+
+
+def run_done(wire: list[Any], durations: int, status: Status = Status.OK, **extra: Any) -> list[Any]:
+    failed = extra.get("failed", (0.0, None, None))
+    return [wire[R_SEQ], status, *failed, [0.001] * durations]
+
+
+def test_runs_are_dispatched_whole_split_to_fit_and_complete_in_one_result() -> None:
+    d = make(workers=1, window_events=4, run_batch=4)
+    d.assign([(T, 0)])
+    assert d.add([run_of(0, 0, 3), run_of(0, 3, 4)]) == 7
+    (batch,) = d.take_dispatches(0.0).values()
+    # run_batch 4: the first run whole, then one record split off the second
+    assert [run_offsets(w) for w in batch] == [(0, [0, 1, 2]), (0, [3])]
+    assert d.take_dispatches(0.0) == {}, "the window (4 records) is full"
+    d.complete(0, [run_done(batch[0], 3)], 0.0)
+    assert d.commit_positions() == {(T, 0): 3}
+    (more,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in more] == [(0, [4, 5, 6])]
+    d.complete(0, [run_done(batch[1], 1), run_done(more[0], 3)], 0.0)
+    assert d.commit_positions() == {(T, 0): 7}
+    assert d.outcomes == {(T, "success"): 7} and d.buffered_total() == 0 and d.inflight_total == 0
+
+
+def test_run_progress_moves_the_commit_and_frees_window_before_the_run_ends() -> None:
+    d = make(workers=1, window_events=4)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 4), run_of(0, 4, 2)])
+    (batch,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in batch] == [(0, [0, 1, 2, 3])]
+    d.complete(0, [run_done(batch[0], 2, Status.PROGRESS)], 0.0)
+    assert d.commit_positions() == {(T, 0): 2}
+    (more,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in more] == [(0, [4, 5])], "progress freed two places"
+    d.complete(0, [run_done(batch[0], 2), run_done(more[0], 2)], 0.0)
+    assert d.commit_positions() == {(T, 0): 6}
+
+
+def test_a_failure_inside_a_run_splits_it_and_the_rest_follows_the_retry_in_order() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 5)])
+    (batch,) = d.take_dispatches(0.0).values()
+    failures = d.complete(0, [run_done(batch[0], 2, Status.ERROR, failed=(0.1, "ValueError", "boom"))], 1.0)
+    assert [(f.record[F_OFFSET], f.action, f.error_message) for f in failures] == [(2, "retry", "boom")]
+    assert d.commit_positions() == {(T, 0): 2}, "the records before the failure are done"
+    assert d.take_dispatches(1.0) == {}, "backoff"
+    (again,) = d.take_dispatches(1.6).values()
+    # The failed record first, flagged retry, then the rest, one by one: they left the run.
+    assert offsets(again) == [(0, 2), (0, 3), (0, 4)]
+    assert [e[F_RETRY] for e in again] == [True, False, False] and again[0][F_ATTEMPT] == 2
+    d.complete(0, ok(again), 2.0)
+    assert d.commit_positions() == {(T, 0): 5}
+    assert d.outcomes[(T, "success")] == 5 and d.outcomes[(T, "retried")] == 1
+
+
+def test_a_deferred_run_comes_back_behind_nothing_and_keeps_its_order() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 3)])
+    (batch,) = d.take_dispatches(0.0).values()
+    d.complete(0, [run_done(batch[0], 1, Status.DEFERRED)], 0.0)
+    (again,) = d.take_dispatches(0.0).values()
+    assert offsets(again) == [(0, 1), (0, 2)]
+    assert d.commit_positions() == {(T, 0): 1}
+
+
+def test_worker_lost_mid_run_keeps_what_was_reported_and_blames_the_next_record() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 4)])
+    (batch,) = d.take_dispatches(0.0).values()
+    d.complete(0, [run_done(batch[0], 1, Status.PROGRESS)], 0.0)
+    failures = d.worker_lost(0, "SIGKILL", now=1.0, head_running=True)
+    assert [f.record[F_OFFSET] for f in failures] == [1]
+    assert d.commit_positions() == {(T, 0): 1}
+    d.worker_ready(0)
+    (again,) = d.take_dispatches(5.0).values()
+    assert offsets(again) == [(0, 1), (0, 2), (0, 3)] and again[0][F_ATTEMPT] == 2
+
+
+def test_worker_lost_mid_run_without_a_known_head_makes_suspects_of_the_rest() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 3)])
+    d.take_dispatches(0.0)
+    assert d.worker_lost(0, "exit code 1", now=1.0, head_running=False) == []
+    d.worker_ready(0)
+    for offset in range(3):
+        batch = d.take_dispatches(2.0)[0]
+        assert offsets(batch) == [(0, offset)], "a suspect runs alone"
+        d.complete(0, ok(batch), 2.0)
+    assert d.commit_positions() == {(T, 0): 3}
+
+
+def test_a_run_past_the_buffer_limit_is_split_and_the_rest_refetched() -> None:
+    d = make(workers=1, max_buffered_records=4)
+    d.assign([(T, 0)])
+    assert d.add([run_of(0, 0, 10)]) == 4
+    assert d.flow_control() == ([(T, 0)], [])
+    (batch,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in batch] == [(0, [0, 1, 2, 3])]
+    d.complete(0, [run_done(batch[0], 4)], 0.0)
+    assert d.flow_control() == ([], [((T, 0), 4)])
+
+
+def test_a_run_is_cut_at_the_byte_limit() -> None:
+    d = make(workers=1, max_buffered_bytes=35)
+    d.assign([(T, 0)])
+    # 11 bytes per record (1-byte key + 10-byte value): the fourth record starts at 33 < 35
+    assert d.add([run_of(0, 0, 6, value=b"x" * 10)]) == 4
+    assert d.flow_control() == ([(T, 0)], [])
+    (batch,) = d.take_dispatches(0.0).values()
+    d.complete(0, [run_done(batch[0], 4)], 0.0)
+    assert d.flow_control() == ([], [((T, 0), 4)])
+
+
+def test_revoke_with_a_run_in_flight_frees_the_window_and_ignores_its_late_result() -> None:
+    d = make(workers=1, window_events=4)
+    d.assign([(T, 0), (T, 1)])
+    d.add([run_of(0, 0, 4), run_of(1, 0, 2)])
+    (batch,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in batch] == [(0, [0, 1, 2, 3])]
+    assert d.begin_revoke([(T, 0)]) == 0
+    assert d.workers_busy_with([(T, 0)]) == {0}
+    d.forget([(T, 0)])
+    (more,) = d.take_dispatches(0.0).values()
+    assert [run_offsets(w) for w in more] == [(1, [0, 1])], "the forgotten run left the window"
+    d.complete(0, [run_done(batch[0], 4), run_done(more[0], 2)], 0.0)
+    assert d.commit_positions() == {(T, 1): 2}

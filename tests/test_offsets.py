@@ -91,3 +91,19 @@ def test_random_completion_order_never_commits_an_unfinished_record(seed: int) -
         assert all(o in finished for o in fetched if o < position)
         unfinished = [o for o in fetched if o not in finished]
         assert position == (unfinished[0] if unfinished else fetched[-1] + 1)
+
+
+def test_runs_track_and_complete_many_offsets_at_once_in_any_order() -> None:
+    offsets = PartitionOffsets()
+    offsets.track_many([10, 11, 13])  # 12 compacted away
+    offsets.track_many([14, 15])
+    offsets.done_many([14, 15])
+    assert offsets.position() == 10, "later records done first do not move the position"
+    offsets.done_many([10, 11])
+    assert offsets.position() == 13
+    offsets.done_many([13])
+    assert offsets.position() == 16 and offsets.outstanding == 0
+    with pytest.raises(ValueError, match="fetch order"):
+        offsets.track_many([15, 16])
+    offsets.track_many([])
+    assert offsets.position() == 16

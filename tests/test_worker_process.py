@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from streamworker.protocol import EVENT_FIELDS, FrameReader, Msg, Status, WorkerInit, encode
+from streamworker.protocol import EVENT_FIELDS, RUN_FIELDS, FrameReader, Msg, Status, WorkerInit, encode
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
 TIMEOUT = 10.0
@@ -564,3 +564,134 @@ def test_cancel_drops_queued_events_of_revoked_lanes_but_not_the_running_one(
     results, _ = harness.results(3)
     assert sorted(statuses(results)) == [(0, OK), (1, DEFERRED), (2, OK)]
     assert not [entry for entry in harness.observed() if "greeting" in entry], "event 1 must not run"
+
+
+# -- runs: consecutive records of one partition sent as columns ------------------------------------
+
+
+def wire_run(
+    seq: int,
+    bodies: list[bytes],
+    *,
+    lane: int = 0,
+    partition: int = 0,
+    first_offset: int = 0,
+    retry: bool = False,
+    topic: str = "orders",
+) -> list[Any]:
+    count = len(bodies)
+    values = {
+        "seq": seq,
+        "lane": lane,
+        "topic": topic,
+        "partition": partition,
+        "retry": retry,
+        "offsets": list(range(first_offset, first_offset + count)),
+        "keys": [b"k%d" % i for i in range(count)],
+        "values": bodies,
+        "headers": [None] * count,
+        "timestamps_ms": [1_700_000_000_000 + i for i in range(count)],
+    }
+    return [values[name] for name in RUN_FIELDS]
+
+
+PROGRESS = Status.PROGRESS
+
+
+def collect(harness: WorkerHarness, count: int) -> list[list[Any]]:
+    """``count`` final results (events, or runs' last results), progress reports folded into them."""
+    finals: list[list[Any]] = []
+    done: dict[int, list[float]] = {}
+    while len(finals) < count:
+        kind, payload = harness.next_message()
+        assert kind == Msg.RESULTS, (kind, payload)
+        for result in payload:
+            if len(result) == 6:
+                done.setdefault(result[0], []).extend(result[5])
+                if result[1] != PROGRESS:
+                    finals.append([*result[:5], done.pop(result[0])])
+            else:
+                finals.append(result)
+    assert len(finals) == count, finals
+    return finals
+
+
+def run_result(result: list[Any]) -> tuple[int, int, int]:
+    """(seq, status, how many records it reports finished)."""
+    return result[0], result[1], len(result[5])
+
+
+def test_a_run_is_handled_record_by_record_with_one_result(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(wire_run(3, [b"x", b"meta", b"y"], first_offset=40), wire_event(4, b"after", lane=1))
+    results = collect(harness, 2)
+    assert run_result(results[0]) == (3, OK, 3) and results[0][3:5] == [None, None]
+    assert all(d >= 0 for d in results[0][5])
+    assert statuses(results[1:]) == [(4, OK)]
+    meta = next(entry for entry in harness.observed() if "id" in entry)
+    # Each record of the run is an ordinary event: its own offset, key and timestamp.
+    assert meta["id"] == "orders/0/41" and meta["key"] == "'k1'" and meta["attempt"] == 1
+    assert meta["timestamp"].startswith("2023-11-14T22:13:20.001")
+
+
+def test_a_failure_in_a_run_stops_it_and_holds_its_lane_until_the_retry(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    harness.events(
+        wire_run(0, [b"a", b"b", b"fail-2", b"greet"]),
+        wire_run(1, [b"greet"], first_offset=4),  # same lane: held
+        wire_event(2, b"x", lane=5, partition=1),  # other lane: runs
+    )
+    results = collect(harness, 3)
+    seq, status, failed_after, error_type, message, durations = results[0]
+    assert (seq, status, len(durations)) == (0, ERROR, 2)
+    assert (error_type, message) == ("ValueError", "failed on fail-2") and failed_after >= 0
+    assert run_result(results[1]) == (1, DEFERRED, 0)
+    assert statuses(results[2:]) == [(2, OK)]
+    assert not [entry for entry in harness.observed() if "greeting" in entry], "nothing after the failure ran"
+    errors = [line for line in harness.log_lines() if line["level"] == "error"]
+    assert [(e["offset"], e["error_type"]) for e in errors] == [(2, "ValueError")]
+    # The supervisor re-sends the failed record alone (retry=True), then the rest as a run.
+    harness.events(
+        wire_event(9, b"ok now", offset=2, retry=True, attempt=2), wire_run(10, [b"greet"], first_offset=3)
+    )
+    results = collect(harness, 2)
+    assert statuses(results[:1]) == [(9, OK)] and run_result(results[1]) == (10, OK, 1)
+
+
+def test_progress_of_a_run_is_reported_while_a_long_record_of_it_runs(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    flag = tmp_path / "release"
+    harness.start("basic:handler")
+    harness.events(wire_run(0, [b"a", b"b", f"wait:{flag}".encode(), b"c"]))
+    reported = 0
+    while reported < 2:  # the first two records are reported done while the third one runs
+        kind, payload = harness.next_message()
+        assert kind == Msg.RESULTS and [r[1] for r in payload] == [PROGRESS] * len(payload), payload
+        reported += sum(len(r[5]) for r in payload)
+    assert reported == 2
+    assert {"waiting": 2} in harness.observed()
+    flag.touch()
+    results = collect(harness, 1)
+    assert run_result(results[0]) == (0, OK, 2)
+
+
+def test_cancel_stops_the_running_run_after_its_current_record(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
+    harness.start("basic:handler")
+    harness.events(
+        wire_run(0, [f"wait:{flag}".encode(), b"greet", b"greet"], lane=7), wire_run(1, [b"greet"], lane=7)
+    )
+    deadline = time.monotonic() + 10
+    while {"waiting": 0} not in harness.observed():
+        assert time.monotonic() < deadline, "the run never started"
+        select.select([], [], [], 0.01)
+    harness.send([Msg.CANCEL, [7]])
+    flag.touch()
+    results = collect(harness, 2)
+    assert sorted(run_result(r) for r in results) == [(0, DEFERRED, 1), (1, DEFERRED, 0)]
+    assert not [entry for entry in harness.observed() if "greeting" in entry], (
+        "cancelled records must not run"
+    )

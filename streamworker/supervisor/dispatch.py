@@ -15,6 +15,11 @@ Vocabulary
   backoff, followed by the deferred ones.
 - Records are wire events (lists, see ``protocol.EVENT_FIELDS``) from fetch to completion: no
   per-record objects besides the list that is sent anyway.
+- In pool and static mode with acks not explicit, fetched records arrive as ``Run`` s instead:
+  consecutive records of one partition kept as columns, dispatched, sent and completed as one unit
+  (the worker reports progress within a run). A lane's queue may hold both kinds. A record leaves
+  its run as soon as it needs anything of its own (a failure, a retry, a crash, a cancel): it is
+  turned into a wire record and takes the per-record path from there.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from streamworker.protocol import (
     F_SEQ,
     F_SIZE,
     F_TOPIC,
+    RESULT_RUN_DURATIONS,
     Status,
 )
 from streamworker.supervisor.offsets import PartitionOffsets
 
 Record = list[Any]
 _OK, _DEFERRED, _NO_ACK = int(Status.OK), int(Status.DEFERRED), int(Status.NO_ACK)
+_ERROR, _PROGRESS = int(Status.ERROR), int(Status.PROGRESS)
 TopicPartition = tuple[str, int]
 # (seq, status, duration_s, error_type, error_message) as sent by a worker
 Result = list[Any]
@@ -52,11 +59,14 @@ class DispatchSettings:
     mode: AllocationMode
     num_workers: int
     # The pipelining window: events queued per worker beyond the one it is running.
-    window_events: int = 256
+    window_events: int = 1024
     window_bytes: int = 8 * 1024 * 1024
     # Most records one lane hands a worker per dispatch round, so one busy partition cannot fill
     # every window before the others get a turn.
     lane_batch: int = 64
+    # The same for runs, in records: a run longer than this (or than the worker's free window) is
+    # split at dispatch.
+    run_batch: int = 512
     max_buffered_records: int = 10_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
@@ -83,6 +93,137 @@ class Failure:
     retry_in: float = 0.0
 
 
+def _byte_size(keys: list[Any], values: list[Any]) -> int:
+    # filter(None, ...) drops None (and empty values, which weigh nothing anyway) at C speed.
+    return sum(map(len, filter(None, values))) + sum(map(len, filter(None, keys)))
+
+
+class Run:
+    """Consecutive fetched records of one partition, handled as one unit until one needs more.
+
+    ``offsets``, ``keys``, ``values``, ``headers`` and ``timestamps`` are columns (index i is record
+    i). ``done`` counts the leading records the worker reported finished while the run is in flight.
+    """
+
+    __slots__ = (
+        "done",
+        "headers",
+        "keys",
+        "lane",
+        "offsets",
+        "partition",
+        "retry",
+        "seq",
+        "size",
+        "timestamps",
+        "topic",
+        "values",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offsets: list[int],
+        keys: list[Any],
+        values: list[Any],
+        headers: list[Any],
+        timestamps: list[int | None],
+        size: int | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+        self.keys = keys
+        self.values = values
+        self.headers = headers
+        self.timestamps = timestamps
+        # Key + value bytes of all records, for buffer and window accounting (as F_SIZE of a record).
+        self.size = _byte_size(keys, values) if size is None else size
+        self.lane = 0
+        self.seq = 0
+        self.retry = False
+        self.done = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def wire(self) -> list[Any]:
+        """The run as sent to a worker (``protocol.RUN_FIELDS``)."""
+        return [
+            self.seq,
+            self.lane,
+            self.topic,
+            self.partition,
+            self.retry,
+            self.offsets,
+            self.keys,
+            self.values,
+            self.headers,
+            self.timestamps,
+        ]
+
+    def split(self, count: int) -> Run:
+        """Keep the first ``count`` records; return the rest as a new run of the same lane."""
+        head_size = _byte_size(self.keys[:count], self.values[:count])  # the head: split() takes bites
+        rest = Run(
+            self.topic,
+            self.partition,
+            self.offsets[count:],
+            self.keys[count:],
+            self.values[count:],
+            self.headers[count:],
+            self.timestamps[count:],
+            self.size - head_size,
+        )
+        rest.lane = self.lane
+        del self.offsets[count:], self.keys[count:], self.values[count:]
+        del self.headers[count:], self.timestamps[count:]
+        self.size = head_size
+        return rest
+
+    def records(self, start: int = 0) -> list[Record]:
+        """Records ``start``.. as wire records (the per-record path), carrying this run's seq."""
+        topic, partition, lane, seq = self.topic, self.partition, self.lane, self.seq
+        keys, values = self.keys, self.values
+
+        def size(i: int) -> int:
+            value, key = values[i], keys[i]
+            return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+
+        return [
+            [
+                seq,
+                lane,
+                topic,
+                partition,
+                self.offsets[i],
+                keys[i],
+                values[i],
+                self.headers[i],
+                self.timestamps[i],
+                1,
+                False,
+                size(i),
+            ]
+            for i in range(start, len(self.offsets))
+        ]
+
+
+# What a lane queues and a worker is sent: a Record or a Run, told apart by ``type(item) is Run``.
+# (Any rather than a Union: the hot paths narrow by that check, which mypy does not follow for lists.)
+Item = Any
+
+
+def _lane_id(item: Item) -> int:
+    lane: int = item.lane if type(item) is Run else item[F_LANE]
+    return lane
+
+
+def _events(item: Item) -> int:
+    return len(item) if type(item) is Run else 1
+
+
 class Lane:
     __slots__ = (
         "fixed_worker",
@@ -104,7 +245,7 @@ class Lane:
         self.id = lane_id
         self.key = key
         self.partition = partition
-        self.pending: deque[Record] = deque()
+        self.pending: deque[Item] = deque()
         self.fixed_worker = fixed_worker
         self.worker: int | None = fixed_worker
         self.inflight = 0
@@ -174,15 +315,16 @@ class WorkerSlot:
     """The dispatcher's view of one worker: ready or not, and what is queued on it, in order."""
 
     ready: bool = False
-    outstanding: deque[int] = field(default_factory=deque)
+    outstanding: deque[int] = field(default_factory=deque)  # seqs of the items queued, in order
     outstanding_bytes: int = 0
+    outstanding_events: int = 0  # records queued (a run counts its unfinished records)
     # Running a suspect record alone: nothing else may be queued behind it.
     exclusive: bool = False
 
     def free(self, settings: DispatchSettings) -> int:
         if not self.ready or self.exclusive or self.outstanding_bytes >= settings.window_bytes:
             return 0
-        return settings.window_events - len(self.outstanding)
+        return settings.window_events - self.outstanding_events
 
 
 class Dispatcher:
@@ -195,7 +337,7 @@ class Dispatcher:
         self._partitions: dict[TopicPartition, PartitionState] = {}
         self._lanes: dict[int, Lane] = {}
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
-        self._inflight: dict[int, Record] = {}  # seq -> record queued on a worker
+        self._inflight: dict[int, Item] = {}  # seq -> record or run queued on a worker
         self._workers = [WorkerSlot() for _ in range(settings.num_workers)]
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
@@ -235,7 +377,7 @@ class Dispatcher:
                 continue
             state.revoking = True
             for lane in state.lanes.values():
-                dropped += len(lane.pending) + len(lane.returned)
+                dropped += sum(_events(item) for item in lane.pending) + len(lane.returned)
                 lane.pending.clear()
                 lane.returned.clear()
                 self._runnable.pop(lane.id, None)
@@ -256,7 +398,11 @@ class Dispatcher:
         return {
             wid
             for wid, slot in enumerate(self._workers)
-            if any(self._inflight[seq][F_LANE] in lanes for seq in slot.outstanding if seq in self._inflight)
+            if any(
+                _lane_id(item) in lanes
+                for item in map(self._inflight.get, slot.outstanding)
+                if item is not None
+            )
         }
 
     def handled_by(self, tps: Iterable[TopicPartition]) -> set[int]:
@@ -275,7 +421,14 @@ class Dispatcher:
             for lane_id in lane_ids:
                 self._lanes.pop(lane_id, None)
                 self._runnable.pop(lane_id, None)
-            for seq in [seq for seq, rec in self._inflight.items() if rec[F_LANE] in lane_ids]:
+            gone = {seq for seq, item in self._inflight.items() if _lane_id(item) in lane_ids}
+            for slot in self._workers:
+                for seq in slot.outstanding:
+                    if seq in gone:
+                        item = self._inflight[seq]
+                        slot.outstanding_events -= _events(item) - (item.done if type(item) is Run else 0)
+                        slot.outstanding_bytes -= item.size if type(item) is Run else item[F_SIZE]
+            for seq in gone:
                 del self._inflight[seq]
 
     @property
@@ -305,8 +458,8 @@ class Dispatcher:
             self._runnable.pop(lane.id, None)
 
     # -- intake -----------------------------------------------------------------------------
-    def add(self, records: Iterable[Record]) -> int:
-        """Buffer fetched records. Returns how many were taken.
+    def add(self, records: Iterable[Item]) -> int:
+        """Buffer fetched records (or runs of them). Returns how many records were taken.
 
         Records of partitions not (or no longer) owned are dropped. So are records of a partition
         whose buffer is full: its first dropped offset is remembered (``rewind_to``), the runner
@@ -319,6 +472,9 @@ class Dispatcher:
         max_bytes = self.settings.max_buffered_bytes
         taken = 0
         for record in records:
+            if type(record) is Run:
+                taken += self._add_run(record)
+                continue
             state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
             if state is None or state.revoking or state.rewind_to is not None:
                 continue
@@ -335,6 +491,39 @@ class Dispatcher:
                 runnable[lane.id] = lane
             taken += 1
         return taken
+
+    def _add_run(self, run: Run) -> int:
+        state = self._partitions.get((run.topic, run.partition))
+        if state is None or state.revoking or state.rewind_to is not None:
+            return 0
+        settings = self.settings
+        room = settings.max_buffered_records - state.buffered
+        if room > 0 and state.buffered_bytes + run.size > settings.max_buffered_bytes:
+            # Count records up to the byte limit (only here, near the limit, per record).
+            used = state.buffered_bytes
+            fits = 0
+            for key, value in zip(run.keys, run.values, strict=True):
+                if used >= settings.max_buffered_bytes or fits >= room:
+                    break
+                used += (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+                fits += 1
+            room = fits
+        if room <= 0:
+            state.rewind_to = run.offsets[0]
+            return 0
+        if room < len(run):
+            state.rewind_to = run.split(room).offsets[0]
+        lane = state.default_lane
+        assert lane is not None, "runs are for pool and static mode"
+        run.lane = lane.id
+        state.offsets.track_many(run.offsets)
+        count = len(run)
+        state.buffered += count
+        state.buffered_bytes += run.size
+        lane.pending.append(run)
+        if lane.id not in self._runnable:
+            self._runnable[lane.id] = lane
+        return count
 
     # -- dispatch ---------------------------------------------------------------------------
     def take_dispatches(self, now: float) -> dict[int, list[Record]]:
@@ -362,14 +551,25 @@ class Dispatcher:
                 wid = max(range(len(free)), key=free.__getitem__)
             if free[wid] <= 0:
                 continue
-            count = min(free[wid], len(lane.pending), settings.lane_batch)
             slot = workers[wid]
+            batch = out.setdefault(wid, [])
+            pending = lane.pending
+            if type(pending[0]) is Run:
+                free[wid] -= self._take_runs(lane, wid, slot, free[wid], batch)
+                if not pending:
+                    emptied.append(lane.id)
+                continue
+            count = min(free[wid], len(lane.pending), settings.lane_batch)
+            if not self._key_mode:
+                # Records re-queued in front of runs (retries): only those go one by one.
+                for index in range(1, count):
+                    if type(pending[index]) is Run:
+                        count = index
+                        break
             if self._suspects:
                 count = self._suspect_limit(lane, slot, count)
                 if count == 0:
                     continue
-            batch = out.setdefault(wid, [])
-            pending = lane.pending
             for _ in range(count):
                 record = pending.popleft()
                 seq = self._next_seq
@@ -381,6 +581,7 @@ class Dispatcher:
                 slot.outstanding.append(seq)
                 slot.outstanding_bytes += record[F_SIZE]
                 batch.append(record)
+            slot.outstanding_events += count
             free[wid] -= count
             lane.partition.handled_by.add(wid)
             lane.inflight += count
@@ -389,7 +590,35 @@ class Dispatcher:
                 emptied.append(lane.id)
         for lane_id in emptied:
             del self._runnable[lane_id]
-        return out
+        return {wid: batch for wid, batch in out.items() if batch}
+
+    def _take_runs(self, lane: Lane, wid: int, slot: WorkerSlot, free: int, batch: list[Record]) -> int:
+        """Queue the lane's leading runs on worker ``wid`` (split to fit). Returns how many records."""
+        pending = lane.pending
+        budget = min(free, self.settings.run_batch)
+        sent = 0
+        while sent < budget and pending and type(pending[0]) is Run:
+            run: Run = pending[0]
+            if len(run) > budget - sent:
+                pending[0] = run.split(budget - sent)
+            else:
+                pending.popleft()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            run.seq = seq
+            run.retry = lane.hold
+            lane.hold = False
+            self._inflight[seq] = run
+            slot.outstanding.append(seq)
+            slot.outstanding_bytes += run.size
+            slot.outstanding_events += len(run)
+            lane.inflight += 1
+            sent += len(run)
+            batch.append(run.wire())
+        if sent:
+            lane.partition.handled_by.add(wid)
+            lane.worker = wid
+        return sent
 
     def _suspect_limit(self, lane: Lane, slot: WorkerSlot, count: int) -> int:
         """How many of the lane's next records may go now: a suspect only alone, on an idle worker."""
@@ -422,6 +651,9 @@ class Dispatcher:
         done_by_topic: dict[str, int] = {}
         for result in results:
             seq = result[0]
+            if len(result) > RESULT_RUN_DURATIONS:
+                self._complete_run(slot, result, now, failures, done_by_topic, touched)
+                continue
             # Results come in dispatch order, so the head of ``outstanding`` is this result's seq.
             if outstanding and outstanding[0] == seq:
                 outstanding.popleft()
@@ -435,6 +667,7 @@ class Dispatcher:
                 continue  # its partition was revoked or lost meanwhile
             size = record[F_SIZE]
             slot.outstanding_bytes -= size
+            slot.outstanding_events -= 1
             lane = lanes[record[F_LANE]]
             lane.inflight -= 1
             status = result[1]
@@ -469,8 +702,67 @@ class Dispatcher:
                 self._settle(lane)
         if not outstanding:
             slot.outstanding_bytes = 0
+            slot.outstanding_events = 0
             slot.exclusive = False
         return failures
+
+    def _complete_run(
+        self,
+        slot: WorkerSlot,
+        result: Result,
+        now: float,
+        failures: list[Failure],
+        done_by_topic: dict[str, int],
+        touched: list[Lane],
+    ) -> None:
+        """Apply a run's result (see ``protocol``): finished records, then, if the run ended, its end."""
+        seq, status = result[0], result[1]
+        run = self._inflight.get(seq)
+        if type(run) is not Run:
+            if status != _PROGRESS:
+                self._drop_outstanding(slot, seq)
+            return  # its partition was revoked or lost meanwhile
+        lane = self._lanes[run.lane]
+        state = lane.partition
+        durations = result[RESULT_RUN_DURATIONS]
+        count = len(durations)
+        if count:
+            start = run.done
+            run.done = start + count
+            state.offsets.done_many(run.offsets[start : start + count])
+            state.buffered -= count
+            slot.outstanding_events -= count
+            done_by_topic[run.topic] = done_by_topic.get(run.topic, 0) + count
+        if status == _PROGRESS:
+            return
+        self._drop_outstanding(slot, seq)
+        del self._inflight[seq]
+        lane.inflight -= 1
+        slot.outstanding_bytes -= run.size
+        rest = run.records(run.done) if run.done < len(run) else []
+        slot.outstanding_events -= len(rest)
+        # The finished records' bytes leave the buffer now; the rest keep theirs, one by one.
+        state.buffered_bytes -= run.size - sum([record[F_SIZE] for record in rest])
+        if status == _ERROR and rest:
+            failed = rest.pop(0)
+            lane.returned.extend(rest)
+            failures.append(self._fail(lane, failed, str(result[3]), str(result[4]), now))
+        else:
+            # DEFERRED (held or cancelled), or OK with records missing (cannot happen): run them again.
+            lane.returned.extend(rest)
+        if lane.inflight == 0:
+            touched.append(lane)
+
+    @staticmethod
+    def _drop_outstanding(slot: WorkerSlot, seq: int) -> None:
+        outstanding = slot.outstanding
+        if outstanding and outstanding[0] == seq:
+            outstanding.popleft()
+        else:
+            try:
+                outstanding.remove(seq)
+            except ValueError:
+                pass
 
     def worker_lost(self, wid: int, reason: str, now: float, head_running: bool = True) -> list[Failure]:
         """A worker died or was killed; what was queued on it goes back to its lanes.
@@ -482,24 +774,36 @@ class Dispatcher:
         that is re-run alone, so a record that kills its worker is found at its next crash.
         """
         slot = self._workers[wid]
-        records = [r for r in (self._inflight.pop(seq, None) for seq in slot.outstanding) if r is not None]
+        popped = (self._inflight.pop(seq, None) for seq in slot.outstanding)
+        items = [item for item in popped if item is not None]
+        touched: list[Lane] = []
+        records: list[Record] = []
+        for item in items:
+            lane = self._lanes[_lane_id(item)]
+            lane.inflight -= 1
+            touched.append(lane)
+            if type(item) is Run:
+                # What the worker reported done stays done; the rest goes back one by one.
+                rest = item.records(item.done)
+                lane.partition.buffered_bytes -= item.size - sum([record[F_SIZE] for record in rest])
+                records.extend(rest)
+            else:
+                records.append(item)
         # The head's partition may have been forgotten (revoked): then the one running is unknown too.
         head_known = bool(records) and records[0][F_SEQ] == slot.outstanding[0]
         certain = head_running or len(records) == 1
         failures: list[Failure] = []
-        touched: list[Lane] = []
         for index, record in enumerate(records):
             lane = self._lanes[record[F_LANE]]
-            lane.inflight -= 1
             if index == 0 and certain and head_known:
                 failures.append(self._fail(lane, record, "WorkerLost", reason, now))
             else:
                 if not certain:
                     self._suspects.add((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
                 lane.returned.append(record)
-            touched.append(lane)
         slot.outstanding.clear()
         slot.outstanding_bytes = 0
+        slot.outstanding_events = 0
         slot.ready = False
         slot.exclusive = False
         # The replacement process holds no lanes: nothing needs a retry flag, and pool lanes are free.
@@ -525,7 +829,10 @@ class Dispatcher:
     def running_record(self, wid: int) -> Record | None:
         """The record the worker is running now (the head of its queue), if any."""
         for seq in self._workers[wid].outstanding:
-            return self._inflight.get(seq)
+            item = self._inflight.get(seq)
+            if type(item) is Run:
+                return item.records(item.done)[0] if item.done < len(item) else None
+            return item
         return None
 
     def _count(self, topic: str, result: str) -> None:
@@ -685,7 +992,12 @@ class Dispatcher:
     # -- introspection ----------------------------------------------------------------------
     @property
     def inflight_total(self) -> int:
+        """Events and runs queued on workers (0 exactly when no worker has anything of ours)."""
         return len(self._inflight)
+
+    def inflight_records(self) -> int:
+        """Records queued on workers, not done yet (a run counts its unfinished records)."""
+        return sum(slot.outstanding_events for slot in self._workers)
 
     @property
     def has_dead_letters(self) -> bool:

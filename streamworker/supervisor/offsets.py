@@ -30,6 +30,27 @@ class PartitionOffsets:
         self._outstanding.append(offset)
         self._next = offset + 1
 
+    def track_many(self, offsets: list[int]) -> None:
+        """Records at ``offsets`` (increasing) were fetched."""
+        if not offsets:
+            return
+        if self._next is not None and offsets[0] < self._next:
+            raise ValueError(f"offset {offsets[0]} fetched after {self._next - 1}: fetch order must increase")
+        self._outstanding.extend(offsets)
+        self._next = offsets[-1] + 1
+
+    def done_many(self, offsets: list[int]) -> None:
+        """``done`` for each of ``offsets``, in one go (the records of a run)."""
+        outstanding = self._outstanding
+        done = self._done
+        for offset in offsets:
+            if outstanding and outstanding[0] == offset:
+                outstanding.popleft()
+            else:
+                done.add(offset)
+        while done and outstanding and outstanding[0] in done:
+            done.discard(outstanding.popleft())
+
     def done(self, offset: int) -> None:
         """The record at ``offset`` is finished (handled, dead-lettered or deliberately skipped)."""
         outstanding = self._outstanding

@@ -10,6 +10,7 @@ The loop is single-threaded and never blocks on a worker: it alternates between 
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import selectors
@@ -22,12 +23,28 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamworker.config.kafka_settings import consumer_settings
-from streamworker.config.model import FunctionConfig, TriggerConfig
+from streamworker.config.model import AllocationMode, ExplicitAckMode, FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
-from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, Msg, Status, WorkerInit
+from streamworker.protocol import (
+    F_ATTEMPT,
+    F_OFFSET,
+    F_PARTITION,
+    F_TOPIC,
+    RESULT_RUN_DURATIONS,
+    Msg,
+    Status,
+    WorkerInit,
+)
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.deadletter import DeadLetterSink, producer_settings
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Failure, FailurePolicy, Record
+from streamworker.supervisor.dispatch import (
+    Dispatcher,
+    DispatchSettings,
+    Failure,
+    FailurePolicy,
+    Item,
+    Run,
+)
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
@@ -121,6 +138,14 @@ class TriggerRunner:
                 delay=self._retry_backoff.delay,
             ),
         )
+        # Runs (see dispatch.Run): where a partition is one lane and no record waits for an ack.
+        self._use_runs = (
+            self.attrs.worker_allocation_mode is not AllocationMode.KEY
+            and trigger.explicit_ack_mode is ExplicitAckMode.DISABLE
+        )
+        # Subscribed to one topic by name (not a pattern): every record is of that topic.
+        topics = self.attrs.topics
+        self._only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") else None
         self.dead_letters: DeadLetterSink | None = None
         self.seats = [WorkerSeat(i) for i in range(trigger.num_workers)]
         self.selector = selectors.DefaultSelector()
@@ -206,8 +231,7 @@ class TriggerRunner:
                 failures = dispatcher.complete(seat.worker_id, message[1], now)
                 process.busy_since = now
                 if self._observed:
-                    ran = [r[2] for r in message[1] if r[1] != Status.DEFERRED]
-                    self.observer.on_durations(self.trigger.name, ran)
+                    self.observer.on_durations(self.trigger.name, _durations(message[1]))
                 for failure in failures:
                     self._on_failure(failure)
             elif kind == Msg.READY:
@@ -471,7 +495,7 @@ class TriggerRunner:
                 workers_ready=sum(
                     1 for s in self.seats if s.process is not None and s.process.state is WorkerState.READY
                 ),
-                inflight=self.dispatcher.inflight_total,
+                inflight=self.dispatcher.inflight_records(),
                 buffered=self.dispatcher.buffered_total(),
                 partitions=tuple(partitions),
                 outcomes=dict(self.dispatcher.outcomes),
@@ -524,7 +548,36 @@ class TriggerRunner:
         return {f"{t}/{p}": o for (t, p), o in positions.items()}
 
     def _ingest(self, messages: list[Message]) -> None:
-        records: list[Record] = []
+        if not self._use_runs:
+            self.dispatcher.add(self._records(messages))
+            return
+        # Consecutive messages of one partition become one run, read column by column.
+        items: list[Item] = []
+        for _, group in itertools.groupby(messages, _message_partition):
+            batch = list(group)
+            topic = self._only_topic
+            if topic is None:
+                topics = set(map(_message_topic, batch))
+                topic = topics.pop() if len(topics) == 1 else None
+            if topic is None or any(map(_message_error, batch)):
+                items.extend(self._records(batch))  # errors, or one partition number of two topics
+                continue
+            items.append(
+                Run(
+                    topic,
+                    batch[0].partition() or 0,
+                    list(map(_message_offset, batch)),
+                    list(map(_message_key, batch)),
+                    list(map(_message_value, batch)),
+                    list(map(_message_headers, batch)),
+                    [ts if kind else None for kind, ts in map(_message_timestamp, batch)],
+                )
+            )
+        self.dispatcher.add(items)
+
+    def _records(self, messages: list[Message]) -> list[Item]:
+        """One wire record per message (errors are logged and skipped)."""
+        records: list[Item] = []
         append = records.append
         for message in messages:
             error = message.error()
@@ -551,7 +604,7 @@ class TriggerRunner:
                     (len(value) if value is not None else 0) + (len(key) if key is not None else 0),
                 ]
             )
-        self.dispatcher.add(records)
+        return records
 
     def _flow_control(self, consumer: Consumer) -> None:
         pause, resume = self.dispatcher.flow_control()
@@ -674,7 +727,9 @@ class TriggerRunner:
                 self._flow_control(consumer)
                 self._respawn_due(now)
                 self._check_event_timeouts(now)
-                if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
+                # Every second, and as soon as the workers run out of work: a backlog that was just
+                # finished is committed at once, not up to a second later.
+                if now - self._last_commit >= COMMIT_INTERVAL_SECONDS or not dispatcher.inflight_total:
                     self._last_commit = now
                     self._commit(consumer, None, synchronous=False)
 
@@ -774,6 +829,31 @@ class TriggerRunner:
             process = seat.process
             if process is not None:
                 process.kill()
+
+
+# Unbound accessors of confluent-kafka's Message, for map() over a batch without a Python-level call.
+# (Typed Any: the stubs make every field optional, which is only so for error messages.)
+_message_partition: Any = Message.partition
+_message_topic: Any = Message.topic
+_message_error: Any = Message.error
+_message_offset: Any = Message.offset
+_message_key: Any = Message.key
+_message_value: Any = Message.value
+_message_headers: Any = Message.headers
+_message_timestamp: Any = Message.timestamp
+
+
+def _durations(results: list[list[Any]]) -> list[float]:
+    """Handler durations in a RESULTS message: of every event that ran, and every record of a run."""
+    ran: list[float] = []
+    for result in results:
+        if len(result) > RESULT_RUN_DURATIONS:
+            ran.extend(result[RESULT_RUN_DURATIONS])
+            if result[1] == Status.ERROR:
+                ran.append(result[2])
+        elif result[1] != Status.DEFERRED:
+            ran.append(result[2])
+    return ran
 
 
 def _fmt(tps: list[TP]) -> list[str]:

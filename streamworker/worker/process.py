@@ -29,6 +29,12 @@ from streamworker.protocol import (
     F_LANE,
     F_RETRY,
     F_SEQ,
+    R_OFFSETS,
+    R_PARTITION,
+    R_RETRY,
+    R_TIMESTAMPS,
+    R_TOPIC,
+    RUN_LENGTH,
     FrameReader,
     Msg,
     ProtocolError,
@@ -71,6 +77,7 @@ _OK = int(Status.OK)
 _ERROR = int(Status.ERROR)
 _DEFERRED = int(Status.DEFERRED)
 _NO_ACK = int(Status.NO_ACK)
+_PROGRESS = int(Status.PROGRESS)
 _EVENTS = int(Msg.EVENTS)
 _DRAIN = int(Msg.DRAIN)
 _TERMINATE = int(Msg.TERMINATE)
@@ -157,6 +164,12 @@ class Worker:
         # Lanes in which an event failed here: later events of the lane are DEFERRED until the
         # supervisor re-sends the failed one with retry=True.
         self._held: set[Any] = set()
+        # The run being handled: [seq, records reported so far, durations of finished records, lane].
+        # ``_flush`` (loop or flusher thread, under ``_write_lock``) reports new finished records as
+        # PROGRESS, so a long call inside a run does not hold back the records before it.
+        self._run_active: list[Any] | None = None
+        # Set by CANCEL for the running run's lane: its records not started yet are not run.
+        self._run_cancelled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wakeup: asyncio.Event | None = None
@@ -207,12 +220,19 @@ class Worker:
         they did not run.
         """
         inbox = self._inbox
+        active = self._run_active
+        if active is not None and active[3] in lanes:
+            self._run_cancelled = True
+        # Events and runs both carry seq and lane first.
         kept = [item for item in inbox if type(item) is not list or item[F_LANE] not in lanes]
         if len(kept) == len(inbox):
             return
         for item in inbox:
             if type(item) is list and item[F_LANE] in lanes:
-                self._results.append([item[F_SEQ], _DEFERRED, 0.0, None, None])
+                result = [item[F_SEQ], _DEFERRED, 0.0, None, None]
+                if len(item) == RUN_LENGTH:
+                    result.append([])
+                self._results.append(result)
         inbox.clear()
         inbox.extend(kept)
 
@@ -236,6 +256,11 @@ class Worker:
                     acks, self._acks = self._acks, []
                 parts.append(encode([Msg.ACKS, acks]))
             results = self._results
+            run = self._run_active
+            if run is not None and len(run[2]) > run[1]:
+                reported = len(run[2])
+                results.append([run[0], _PROGRESS, 0.0, None, None, run[2][run[1] : reported]])
+                run[1] = reported
             if results:
                 pop = results.popleft
                 parts.append(encode([Msg.RESULTS, [pop() for _ in range(len(results))]]))
@@ -259,7 +284,7 @@ class Worker:
         def flush_periodically() -> None:
             while True:
                 time.sleep(FLUSH_INTERVAL_S)
-                if (self._results or self._acks) and (
+                if (self._results or self._acks or self._run_progressed()) and (
                     time.perf_counter() - self._last_flush >= FLUSH_INTERVAL_S
                 ):
                     try:
@@ -268,6 +293,11 @@ class Worker:
                         os._exit(EXIT_SUPERVISOR_GONE)
 
         threading.Thread(target=flush_periodically, name="streamworker-result-flusher", daemon=True).start()
+
+    def _run_progressed(self) -> bool:
+        """Records of the running run finished since the last report."""
+        run = self._run_active
+        return run is not None and len(run[2]) > run[1]
 
     def _queue_ack(self, topic: str, partition: int, offset: int) -> None:
         with self._acks_lock:
@@ -389,7 +419,9 @@ class Worker:
                 if self._eof:
                     return self._eof_exit_code()
                 await self._wait()
-                last_flush = perf()
+                # Timed from the start of the work: a first long call still has its results
+                # flushed at once; quick work is not reported piecemeal.
+                last_flush = self._last_flush = perf()
                 continue
 
             item = inbox.popleft()
@@ -398,6 +430,12 @@ class Worker:
                 if code is not None:
                     return code
                 last_flush = perf()
+                continue
+            if len(item) == RUN_LENGTH:
+                code = await self._run(item)
+                if code is not None:
+                    return code
+                last_flush = self._last_flush
                 continue
 
             lane = item[F_LANE]
@@ -443,6 +481,89 @@ class Worker:
                     # not be delivered anyway. (With a TERMINATE queued, finish up to it.)
                     return self._eof_exit_code()
                 last_flush = perf()
+
+    async def _run(self, item: list[Any]) -> int | None:
+        """Handle a run's records in order, as if each came alone; one result (plus progress) for all.
+
+        Stops at the first failure (the rest is not run: the lane is held as for a single event) or
+        when the run's lane is cancelled. Returns an exit code when the worker must stop.
+        """
+        assert self.loaded is not None and self.context is not None
+        seq, lane = item[F_SEQ], item[F_LANE]
+        held = self._held
+        if item[R_RETRY]:
+            held.discard(lane)
+        elif held and lane in held:
+            self._results.append([seq, _DEFERRED, 0.0, None, None, []])
+            return None
+        handler = self.loaded.handler
+        context = self.context
+        logger = context.logger
+        trigger = self.trigger
+        decode = self.decode_strings
+        perf = time.perf_counter
+        isawaitable = inspect.isawaitable
+        topic, partition = item[R_TOPIC], item[R_PARTITION]
+        offsets, keys, values, headers, stamps = item[R_OFFSETS : R_TIMESTAMPS + 1]
+        durations: list[float] = []
+        progress = [seq, 0, durations, lane]
+        self._run_active = progress
+        self._run_cancelled = False
+        final: list[Any] | None = None
+        failure: tuple[BaseException, Event] | None = None
+        for index in range(len(offsets)):
+            if self._run_cancelled:  # set by CANCEL, read from the pipe while a call awaited
+                final = [seq, _DEFERRED, 0.0, None, None]
+                break
+            wire = [seq, lane, topic, partition, offsets[index], keys[index], values[index]]
+            wire += (headers[index], stamps[index], 1, False)
+            event = Event(wire, trigger, decode)
+            logger.current_event = event
+            t0 = perf()
+            try:
+                result = handler(context, event)
+                if result is not None and isawaitable(result):
+                    await result
+                # acks are not explicit for runs: a no-ack response means nothing.
+                durations.append(perf() - t0)
+            except Exception as exc:
+                final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
+                failure = (exc, event)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
+                failure = (exc, event)
+            logger.current_event = None
+            if final is not None:
+                break
+            if perf() - self._last_flush >= FLUSH_INTERVAL_S:
+                self._flush()
+                if self._reading:
+                    self._on_readable()
+                await asyncio.sleep(0)
+                if self._eof and not self._terminate_pending:
+                    self._run_active = None
+                    return self._eof_exit_code()
+        with self._write_lock:
+            self._run_active = None
+            if final is None:
+                final = [seq, _OK, 0.0, None, None]
+            final.append(durations[progress[1] :])
+            self._results.append(final)
+        if failure is not None:
+            error, failed_event = failure
+            held.add(lane)
+            logger.current_event = failed_event  # the log line names the record
+            logger.error_with(
+                "handler raised",
+                error_type=type(error).__name__,
+                attempt=failed_event.attempt,
+                exc_info=error,
+            )
+            logger.current_event = None
+        return None
 
     def _eof_exit_code(self) -> int:
         return EXIT_OK if self._protocol_error is None else EXIT_PROTOCOL_ERROR
