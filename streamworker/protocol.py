@@ -115,7 +115,8 @@ F_SIZE = len(EVENT_FIELDS)
 
 
 # A run: consecutive records of one partition as columns (same index = same record). They share
-# topic, partition, lane and retry flag; their attempt is 1.
+# topic, partition, lane and retry flag; their attempt is 1. Timestamps are ms, -1 when the record
+# has none (as librdkafka reports it), so the supervisor need not look at each one.
 RUN_FIELDS = (
     "seq",
     "lane",
@@ -126,7 +127,7 @@ RUN_FIELDS = (
     "keys",
     "values",
     "headers",
-    "timestamps_ms",
+    "timestamps",
 )
 (R_SEQ, R_LANE, R_TOPIC, R_PARTITION, R_RETRY, R_OFFSETS, R_KEYS, R_VALUES, R_HEADERS, R_TIMESTAMPS) = range(
     len(RUN_FIELDS)

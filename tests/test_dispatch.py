@@ -430,7 +430,7 @@ def run_of(partition: int, first: int, count: int, value: bytes = b"v") -> Run:
         [b"k"] * count,
         [value] * count,
         [None] * count,
-        [None] * count,
+        [-1] * count,
     )
 
 

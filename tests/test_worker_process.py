@@ -590,7 +590,7 @@ def wire_run(
         "keys": [b"k%d" % i for i in range(count)],
         "values": bodies,
         "headers": [None] * count,
-        "timestamps_ms": [1_700_000_000_000 + i for i in range(count)],
+        "timestamps": [1_700_000_000_000 + i for i in range(count)],
     }
     return [values[name] for name in RUN_FIELDS]
 

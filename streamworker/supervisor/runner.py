@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import operator
 import os
 import selectors
 import threading
@@ -570,7 +571,8 @@ class TriggerRunner:
                     list(map(_message_key, batch)),
                     list(map(_message_value, batch)),
                     list(map(_message_headers, batch)),
-                    [ts if kind else None for kind, ts in map(_message_timestamp, batch)],
+                    # (type, ms) -> ms: librdkafka gives -1 when there is no timestamp.
+                    list(map(_second, map(_message_timestamp, batch))),
                 )
             )
         self.dispatcher.add(items)
@@ -841,6 +843,7 @@ _message_key: Any = Message.key
 _message_value: Any = Message.value
 _message_headers: Any = Message.headers
 _message_timestamp: Any = Message.timestamp
+_second = operator.itemgetter(1)
 
 
 def _durations(results: list[list[Any]]) -> list[float]:

@@ -516,7 +516,8 @@ class Worker:
                 final = [seq, _DEFERRED, 0.0, None, None]
                 break
             wire = [seq, lane, topic, partition, offsets[index], keys[index], values[index]]
-            wire += (headers[index], stamps[index], 1, False)
+            stamp = stamps[index]
+            wire += (headers[index], stamp if stamp >= 0 else None, 1, False)
             event = Event(wire, trigger, decode)
             logger.current_event = event
             t0 = perf()
