@@ -979,6 +979,10 @@ class Dispatcher:
                 positions[state.tp] = position
         return positions
 
+    def has_uncommitted(self) -> bool:
+        """Some partition's position moved past what was last committed."""
+        return any(state.offsets.pending_commit() is not None for state in self._partitions.values())
+
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, position in positions.items():
             state = self._partitions.get(tp)

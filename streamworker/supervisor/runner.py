@@ -729,11 +729,14 @@ class TriggerRunner:
                 self._flow_control(consumer)
                 self._respawn_due(now)
                 self._check_event_timeouts(now)
-                # Every second, and as soon as the workers run out of work: a backlog that was just
-                # finished is committed at once, not up to a second later.
-                if now - self._last_commit >= COMMIT_INTERVAL_SECONDS or not dispatcher.inflight_total:
+                if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
                     self._last_commit = now
                     self._commit(consumer, None, synchronous=False)
+            if not dispatcher.inflight_total and dispatcher.has_uncommitted():
+                # The workers ran dry: commit what they finished now, not up to a second later
+                # (and before consume() may block for IDLE_POLL_SECONDS).
+                self._last_commit = now
+                self._commit(consumer, None, synchronous=False)
 
     def _idle_timeout(self, now: float) -> float:
         """How long ``consume`` may block with no worker busy: until the next retry is due, at most."""
