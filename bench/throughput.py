@@ -1307,7 +1307,7 @@ def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
             f"### Supervisor memory with a {backlog['records']:,}-record backlog",
             "",
             "streamworker pool, 2 workers, handler sleeps 1 s per record, default buffer limits "
-            "(maxBufferedRecords 10,000 and maxBufferedBytes 64 MiB per partition, librdkafka defaults): "
+            "(maxBufferedRecords 30,000 and maxBufferedBytes 64 MiB per partition, librdkafka defaults): "
             f"supervisor VmRSS {backlog['rss_first_mib']:.1f} MiB at the first record, max "
             f"{backlog['rss_max_mib']:.1f} MiB, {backlog['rss_last_mib']:.1f} MiB after "
             f"{backlog['seconds']:g} s; VmHWM {fmt_mib(backlog.get('sup_rss_mib'))} MiB; workers "

@@ -162,7 +162,7 @@ def test_minimal_file_gets_defaults(fn_dir: Path) -> None:
     assert attributes.max_poll_interval == 300.0
     assert attributes.max_wait_handler_during_rebalance == 5.0
     assert (attributes.max_retries, attributes.retry_backoff, attributes.retry_max_backoff) == (3, 0.5, 30.0)
-    assert attributes.max_buffered_records == 10000
+    assert attributes.max_buffered_records == 30000
     assert attributes.max_buffered_bytes == 64 * 1024 * 1024
     assert attributes.librdkafka == {}
 

@@ -149,7 +149,7 @@ class KafkaAttributes:
     max_retries: int = 3
     retry_backoff: float = 0.5
     retry_max_backoff: float = 30.0
-    max_buffered_records: int = 10000
+    max_buffered_records: int = 30000
     max_buffered_bytes: int = 64 * 1024 * 1024
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)

@@ -67,7 +67,7 @@ class DispatchSettings:
     # The same for runs, in records: a run longer than this (or than the worker's free window) is
     # split at dispatch.
     run_batch: int = 512
-    max_buffered_records: int = 10_000
+    max_buffered_records: int = 30_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
 
