@@ -695,3 +695,13 @@ def test_cancel_stops_the_running_run_after_its_current_record(
     assert not [entry for entry in harness.observed() if "greeting" in entry], (
         "cancelled records must not run"
     )
+
+
+def test_a_run_record_without_timestamp_has_none(harness: WorkerHarness) -> None:
+    harness.start("basic:handler")
+    run = wire_run(0, [b"meta"])
+    run[RUN_FIELDS.index("timestamps")] = [-1]  # librdkafka: no timestamp
+    harness.events(run)
+    assert run_result(collect(harness, 1)[0]) == (0, OK, 1)
+    (meta,) = [entry for entry in harness.observed() if "id" in entry]
+    assert meta["timestamp"] is None

@@ -552,29 +552,12 @@ class TriggerRunner:
         if not self._use_runs:
             self.dispatcher.add(self._records(messages))
             return
-        # Consecutive messages of one partition become one run, read column by column.
         items: list[Item] = []
-        for _, group in itertools.groupby(messages, _message_partition):
-            batch = list(group)
-            topic = self._only_topic
-            if topic is None:
-                topics = set(map(_message_topic, batch))
-                topic = topics.pop() if len(topics) == 1 else None
-            if topic is None or any(map(_message_error, batch)):
-                items.extend(self._records(batch))  # errors, or one partition number of two topics
-                continue
-            items.append(
-                Run(
-                    topic,
-                    batch[0].partition() or 0,
-                    list(map(_message_offset, batch)),
-                    list(map(_message_key, batch)),
-                    list(map(_message_value, batch)),
-                    list(map(_message_headers, batch)),
-                    # (type, ms) -> ms: librdkafka gives -1 when there is no timestamp.
-                    list(map(_second, map(_message_timestamp, batch))),
-                )
-            )
+        for part in split_into_runs(messages, self._only_topic):
+            if isinstance(part, Run):
+                items.append(part)
+            else:
+                items.extend(self._records(part))
         self.dispatcher.add(items)
 
     def _records(self, messages: list[Message]) -> list[Item]:
@@ -847,6 +830,38 @@ _message_value: Any = Message.value
 _message_headers: Any = Message.headers
 _message_timestamp: Any = Message.timestamp
 _second = operator.itemgetter(1)
+
+
+def split_into_runs(messages: list[Message], only_topic: str | None) -> list[Run | list[Message]]:
+    """Consecutive messages of one partition as ``Run`` s, read column by column.
+
+    A stretch that cannot be a run comes back as its messages: one with an error among them (e.g.
+    partition EOF), or one that mixes two topics' partitions of the same number. ``only_topic``:
+    the consumer is subscribed to that one topic by name, so no message needs to be asked.
+    """
+    parts: list[Run | list[Message]] = []
+    for _, group in itertools.groupby(messages, _message_partition):
+        batch = list(group)
+        topic = only_topic
+        if topic is None:
+            topics = set(map(_message_topic, batch))
+            topic = topics.pop() if len(topics) == 1 else None
+        if topic is None or any(map(_message_error, batch)):
+            parts.append(batch)
+            continue
+        parts.append(
+            Run(
+                topic,
+                batch[0].partition() or 0,
+                list(map(_message_offset, batch)),
+                list(map(_message_key, batch)),
+                list(map(_message_value, batch)),
+                list(map(_message_headers, batch)),
+                # (type, ms) -> ms: librdkafka gives -1 when there is no timestamp.
+                list(map(_second, map(_message_timestamp, batch))),
+            )
+        )
+    return parts
 
 
 def _durations(results: list[list[Any]]) -> list[float]:
