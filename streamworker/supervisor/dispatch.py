@@ -668,10 +668,7 @@ class Dispatcher:
             if outstanding and outstanding[0] == seq:
                 outstanding.popleft()
             else:
-                try:
-                    outstanding.remove(seq)
-                except ValueError:
-                    pass
+                self._drop_outstanding(slot, seq)
             record = inflight.pop(seq, None)
             if record is None:
                 continue  # its partition was revoked or lost meanwhile
@@ -765,6 +762,7 @@ class Dispatcher:
 
     @staticmethod
     def _drop_outstanding(slot: WorkerSlot, seq: int) -> None:
+        """Remove ``seq`` from the worker's queue (usually its head; a cancel can reorder results)."""
         outstanding = slot.outstanding
         if outstanding and outstanding[0] == seq:
             outstanding.popleft()
