@@ -22,8 +22,10 @@ Worker -> supervisor
     [READY, {"pid": int}]                          handler imported and init_context done
     [INIT_FAILED, {"error_type", "message", "traceback"}]   then the worker exits non-zero
     [RESULTS, [[seq, status, duration_s, error_type, error_message], ...]]
-                                                   a run's result has a sixth element, the durations
-                                                   of the records that ran fine since its last report:
+                                                   a run's result has a sixth element, a summary of
+                                                   the records that ran fine since its last report
+                                                   ([count, seconds, counts per DURATION_BUCKETS
+                                                   bucket], see ``summarize_durations``):
                                                    status OK (all of it done), PROGRESS (those done,
                                                    more to come), ERROR (those done, then the next one
                                                    failed after duration_s; the rest did not run) or
@@ -38,8 +40,11 @@ more than the whole pipe transfer.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import enum
 import errno
+import functools
 import os
 import struct
 from collections import deque
@@ -134,8 +139,40 @@ RUN_FIELDS = (
 )
 # How a worker tells a run from an event: an event has len(EVENT_FIELDS) + 1 elements.
 RUN_LENGTH = len(RUN_FIELDS)
-# Index of the durations list in a run's result.
+# Index of the duration summary in a run's result.
 RESULT_RUN_DURATIONS = 5
+
+# Upper bounds (seconds) of the handler-duration histogram; workers count a run's durations into
+# them, so the supervisor's loop adds a few counts per run instead of bisecting every duration.
+# Handler calls range from microseconds (a filter) to many seconds (an HTTP call); Prometheus'
+# defaults start at 5 ms, which would put every fast handler into the first bucket.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_bucket_of = functools.partial(bisect.bisect_left, DURATION_BUCKETS)  # equal to a bound: "le" it
+
+
+def summarize_durations(durations: list[float]) -> list[Any]:
+    """``[count, total seconds, counts per bucket (the last is +Inf)]`` of ``durations``."""
+    counts = [0] * (len(DURATION_BUCKETS) + 1)
+    for bucket, count in collections.Counter(map(_bucket_of, durations)).items():
+        counts[bucket] = count
+    return [len(durations), sum(durations), counts]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from streamworker.protocol import (
     R_SEQ,
     RUN_FIELDS,
     Status,
+    summarize_durations,
 )
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
 
@@ -441,7 +442,7 @@ def run_offsets(wire: list[Any]) -> tuple[int, list[int]]:
 
 def run_done(wire: list[Any], durations: int, status: Status = Status.OK, **extra: Any) -> list[Any]:
     failed = extra.get("failed", (0.0, None, None))
-    return [wire[R_SEQ], status, *failed, [0.001] * durations]
+    return [wire[R_SEQ], status, *failed, summarize_durations([0.001] * durations)]
 
 
 def test_runs_are_dispatched_whole_split_to_fit_and_complete_in_one_result() -> None:

@@ -24,6 +24,7 @@ from streamworker.observability.health import (
 from streamworker.observability.metrics import DURATION_BUCKETS, MetricsObserver, partition_lag
 from streamworker.observability.probe import main as probe_main
 from streamworker.observability.probe import probe_url
+from streamworker.protocol import summarize_durations
 from streamworker.supervisor.observer import PartitionSnapshot, TriggerSnapshot
 
 
@@ -318,3 +319,19 @@ def test_probe_url() -> None:
     assert probe_url("0.0.0.0:8082", "/ready") == "http://127.0.0.1:8082/ready"
     assert probe_url("[::]:8082", "live") == "http://[::1]:8082/live"
     assert probe_url("10.1.2.3:9000", "/ready") == "http://10.1.2.3:9000/ready"
+
+
+def test_run_summaries_from_workers_land_in_the_same_histogram() -> None:
+    # A worker counts a run's durations into the buckets; the supervisor only adds the counts.
+    observer = MetricsObserver("fn", ["t"])
+    count, total, counts = summarize_durations([0.0002, 0.0005, 0.003, 120.0])
+    assert (count, counts[0], counts[3], counts[-1]) == (4, 2, 1, 1), "equal to a bound is 'le' it"
+    observer.on_duration_counts("t", counts, total)
+    observer.on_durations("t", [0.0002])
+    found = samples(observer)
+    bucket = "streamworker_handler_duration_seconds_bucket"
+    assert value(found, bucket, trigger="t", le=repr(DURATION_BUCKETS[0])) == 3
+    assert value(found, bucket, trigger="t", le="+Inf") == 5
+    assert value(found, "streamworker_handler_duration_seconds_sum", trigger="t") == pytest.approx(
+        total + 0.0002
+    )

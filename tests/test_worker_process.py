@@ -601,13 +601,15 @@ PROGRESS = Status.PROGRESS
 def collect(harness: WorkerHarness, count: int) -> list[list[Any]]:
     """``count`` final results (events, or runs' last results), progress reports folded into them."""
     finals: list[list[Any]] = []
-    done: dict[int, list[float]] = {}
+    done: dict[int, int] = {}
     while len(finals) < count:
         kind, payload = harness.next_message()
         assert kind == Msg.RESULTS, (kind, payload)
         for result in payload:
             if len(result) == 6:
-                done.setdefault(result[0], []).extend(result[5])
+                summary_count, total, buckets = result[5]
+                assert sum(buckets) == summary_count and total >= 0
+                done[result[0]] = done.get(result[0], 0) + summary_count
                 if result[1] != PROGRESS:
                     finals.append([*result[:5], done.pop(result[0])])
             else:
@@ -617,8 +619,8 @@ def collect(harness: WorkerHarness, count: int) -> list[list[Any]]:
 
 
 def run_result(result: list[Any]) -> tuple[int, int, int]:
-    """(seq, status, how many records it reports finished)."""
-    return result[0], result[1], len(result[5])
+    """(seq, status, how many records it reports finished) of a result folded by ``collect``."""
+    return result[0], result[1], result[5]
 
 
 def test_a_run_is_handled_record_by_record_with_one_result(harness: WorkerHarness) -> None:
@@ -626,7 +628,6 @@ def test_a_run_is_handled_record_by_record_with_one_result(harness: WorkerHarnes
     harness.events(wire_run(3, [b"x", b"meta", b"y"], first_offset=40), wire_event(4, b"after", lane=1))
     results = collect(harness, 2)
     assert run_result(results[0]) == (3, OK, 3) and results[0][3:5] == [None, None]
-    assert all(d >= 0 for d in results[0][5])
     assert statuses(results[1:]) == [(4, OK)]
     meta = next(entry for entry in harness.observed() if "id" in entry)
     # Each record of the run is an ordinary event: its own offset, key and timestamp.
@@ -642,8 +643,8 @@ def test_a_failure_in_a_run_stops_it_and_holds_its_lane_until_the_retry(harness:
         wire_event(2, b"x", lane=5, partition=1),  # other lane: runs
     )
     results = collect(harness, 3)
-    seq, status, failed_after, error_type, message, durations = results[0]
-    assert (seq, status, len(durations)) == (0, ERROR, 2)
+    seq, status, failed_after, error_type, message, done = results[0]
+    assert (seq, status, done) == (0, ERROR, 2)
     assert (error_type, message) == ("ValueError", "failed on fail-2") and failed_after >= 0
     assert run_result(results[1]) == (1, DEFERRED, 0)
     assert statuses(results[2:]) == [(2, OK)]
@@ -668,7 +669,7 @@ def test_progress_of_a_run_is_reported_while_a_long_record_of_it_runs(
     while reported < 2:  # the first two records are reported done while the third one runs
         kind, payload = harness.next_message()
         assert kind == Msg.RESULTS and [r[1] for r in payload] == [PROGRESS] * len(payload), payload
-        reported += sum(len(r[5]) for r in payload)
+        reported += sum(r[5][0] for r in payload)
     assert reported == 2
     assert {"waiting": 2} in harness.observed()
     flag.touch()

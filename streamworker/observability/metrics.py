@@ -23,28 +23,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from streamworker import __version__
+from streamworker.protocol import DURATION_BUCKETS
 from streamworker.supervisor.observer import TriggerSnapshot
 
-# Handler calls range from microseconds (a filter) to many seconds (an HTTP call); Prometheus'
-# defaults start at 5 ms, which would put every fast handler into the first bucket.
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 RESULTS = ("success", "error", "retried", "dead_lettered", "skipped")
 REBALANCE_KINDS = ("assign", "revoke", "lost")
 RESTART_REASONS = ("crash", "event_timeout", "rebalance_deadline", "shutdown_timeout")
@@ -69,6 +50,14 @@ class DurationHistogram:
             for duration in durations:
                 counts[where(bounds, duration)] += 1  # bisect_left: a value equal to a bound is "le" it
             self.total += sum(durations)
+
+    def add_counts(self, counts: Sequence[int], total: float) -> None:
+        """Add bucket counts made elsewhere (a worker's summary of a run)."""
+        with self._lock:
+            for bucket, count in enumerate(counts):
+                if count:
+                    self.counts[bucket] += count
+            self.total += total
 
     def cumulative(self) -> tuple[list[tuple[str, float]], float]:
         """``([(le, cumulative count), ..., ("+Inf", count)], sum)`` as Prometheus exposes them."""
@@ -124,6 +113,13 @@ class MetricsObserver:
             with self._lock:
                 histogram = self._durations.setdefault(trigger, DurationHistogram())
         histogram.observe_many(durations)
+
+    def on_duration_counts(self, trigger: str, counts: Sequence[int], total: float) -> None:
+        histogram = self._durations.get(trigger)
+        if histogram is None:
+            with self._lock:
+                histogram = self._durations.setdefault(trigger, DurationHistogram())
+        histogram.add_counts(counts, total)
 
     # -- state for health checks -------------------------------------------------------------------
     def mark_stopping(self) -> None:

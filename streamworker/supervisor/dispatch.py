@@ -731,8 +731,7 @@ class Dispatcher:
             return  # its partition was revoked or lost meanwhile
         lane = self._lanes[run.lane]
         state = lane.partition
-        durations = result[RESULT_RUN_DURATIONS]
-        count = len(durations)
+        count = result[RESULT_RUN_DURATIONS][0]
         if count:
             start = run.done
             run.done = start + count

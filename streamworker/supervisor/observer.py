@@ -46,6 +46,9 @@ class RunnerObserver(Protocol):
 
     def on_durations(self, trigger: str, durations: Sequence[float]) -> None: ...
 
+    def on_duration_counts(self, trigger: str, counts: Sequence[int], total: float) -> None:
+        """Durations already counted per ``protocol.DURATION_BUCKETS`` bucket (runs)."""
+
 
 class NullObserver:
     """The default: nobody listens, nothing is collected."""
@@ -54,4 +57,7 @@ class NullObserver:
         return None
 
     def on_durations(self, trigger: str, durations: Sequence[float]) -> None:
+        return None
+
+    def on_duration_counts(self, trigger: str, counts: Sequence[int], total: float) -> None:
         return None

@@ -232,7 +232,7 @@ class TriggerRunner:
                 failures = dispatcher.complete(seat.worker_id, message[1], now)
                 process.busy_since = now
                 if self._observed:
-                    self.observer.on_durations(self.trigger.name, _durations(message[1]))
+                    self._observe_durations(message[1])
                 for failure in failures:
                     self._on_failure(failure)
             elif kind == Msg.READY:
@@ -269,6 +269,21 @@ class TriggerRunner:
                 self._handle_messages(seat, messages, now)
             if eof:
                 self._on_worker_gone(seat, process.kill_reason or "worker process exited", now)
+
+    def _observe_durations(self, results: list[list[Any]]) -> None:
+        """Handler durations of a RESULTS message: each event that ran, and each run's summary."""
+        ran: list[float] = []
+        for result in results:
+            if len(result) > RESULT_RUN_DURATIONS:
+                count, total, counts = result[RESULT_RUN_DURATIONS]
+                if count:
+                    self.observer.on_duration_counts(self.trigger.name, counts, total)
+                if result[1] == Status.ERROR:
+                    ran.append(result[2])
+            elif result[1] != Status.DEFERRED:
+                ran.append(result[2])
+        if ran:
+            self.observer.on_durations(self.trigger.name, ran)
 
     def _dispatch(self, now: float) -> None:
         batches = self.dispatcher.take_dispatches(now)
@@ -862,19 +877,6 @@ def split_into_runs(messages: list[Message], only_topic: str | None) -> list[Run
             )
         )
     return parts
-
-
-def _durations(results: list[list[Any]]) -> list[float]:
-    """Handler durations in a RESULTS message: of every event that ran, and every record of a run."""
-    ran: list[float] = []
-    for result in results:
-        if len(result) > RESULT_RUN_DURATIONS:
-            ran.extend(result[RESULT_RUN_DURATIONS])
-            if result[1] == Status.ERROR:
-                ran.append(result[2])
-        elif result[1] != Status.DEFERRED:
-            ran.append(result[2])
-    return ran
 
 
 def _fmt(tps: list[TP]) -> list[str]:

@@ -42,6 +42,7 @@ from streamworker.protocol import (
     WorkerInit,
     encode,
     read_available,
+    summarize_durations,
     write_all_blocking,
 )
 from streamworker.worker.loader import INIT_CONTEXT_NAME, HandlerLoadError, LoadedHandler, load_handler
@@ -231,7 +232,7 @@ class Worker:
             if type(item) is list and item[F_LANE] in lanes:
                 result = [item[F_SEQ], _DEFERRED, 0.0, None, None]
                 if len(item) == RUN_LENGTH:
-                    result.append([])
+                    result.append(summarize_durations([]))
                 self._results.append(result)
         inbox.clear()
         inbox.extend(kept)
@@ -259,7 +260,9 @@ class Worker:
             run = self._run_active
             if run is not None and len(run[2]) > run[1]:
                 reported = len(run[2])
-                results.append([run[0], _PROGRESS, 0.0, None, None, run[2][run[1] : reported]])
+                results.append(
+                    [run[0], _PROGRESS, 0.0, None, None, summarize_durations(run[2][run[1] : reported])]
+                )
                 run[1] = reported
             if results:
                 pop = results.popleft
@@ -494,7 +497,7 @@ class Worker:
         if item[R_RETRY]:
             held.discard(lane)
         elif held and lane in held:
-            self._results.append([seq, _DEFERRED, 0.0, None, None, []])
+            self._results.append([seq, _DEFERRED, 0.0, None, None, summarize_durations([])])
             return None
         handler = self.loaded.handler
         context = self.context
@@ -551,7 +554,7 @@ class Worker:
             self._run_active = None
             if final is None:
                 final = [seq, _OK, 0.0, None, None]
-            final.append(durations[progress[1] :])
+            final.append(summarize_durations(durations[progress[1] :]))
             self._results.append(final)
         if failure is not None:
             error, failed_event = failure
