@@ -15,8 +15,9 @@ What is measured
   records with a fresh consumer group. A run is timed from its first handled record (noted by the
   handler) until the group's committed offsets reach the end offsets (taken from the producer's
   delivery reports; Tansu's ListOffsets is per batch and under-reports). So records/s includes the
-  wait for the contender's next commit (streamworker, arroyo and Quix commit every second; the raw
-  loop commits once, right after its last record). Startup (process start, worker spawn, group join:
+  wait for the contender's next commit (arroyo and Quix commit every second; streamworker every
+  second and as soon as its workers run out of work; the raw loop commits once, right after its last
+  record). Startup (process start, worker spawn, group join:
   ~1-3 s here) is reported on its own. "handled/s" is first to last handler call, without commits.
 * **Latency.** A fresh topic per run; the contender is started and warmed up (one record per
   partition, committed), then a producer in its own process sends records at half the rate measured
@@ -1260,8 +1261,8 @@ def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
         "- Same topic and records for every contender of a workload (100-byte values, 1,000 keys), a fresh "
         "consumer group per run. **records/s** = records / (first handler call -> the group's committed "
         "offsets reach the end offsets from the delivery reports). It includes waiting for the next commit: "
-        "streamworker, arroyo and Quix commit every 1 s, the raw loop once, synchronously, right after its "
-        "last record. **handled/s** = first -> last handler call. **startup** = process start -> first "
+        "arroyo and Quix commit every 1 s, streamworker every 1 s and as soon as its workers run out of "
+        "work, the raw loop once, synchronously, right after its last record. **handled/s** = first -> last handler call. **startup** = process start -> first "
         "handler call (spawn, imports, group join with the quick profile: session 2 s).",
         "- **x raw loop**: against the raw confluent-kafka loop on the same workload (`consume(1000)`, the "
         "workload inline, `fetch.queue.backoff.ms=10`); for no-op that is the ceiling.",
