@@ -1262,8 +1262,9 @@ def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
         "consumer group per run. **records/s** = records / (first handler call -> the group's committed "
         "offsets reach the end offsets from the delivery reports). It includes waiting for the next commit: "
         "arroyo and Quix commit every 1 s, streamworker every 1 s and as soon as its workers run out of "
-        "work, the raw loop once, synchronously, right after its last record. **handled/s** = first -> last handler call. **startup** = process start -> first "
-        "handler call (spawn, imports, group join with the quick profile: session 2 s).",
+        "work, the raw loop once, synchronously, right after its last record. **handled/s** = first -> "
+        "last handler call. **startup** = process start -> first handler call (spawn, imports, group "
+        "join with the quick profile: session 2 s).",
         "- **x raw loop**: against the raw confluent-kafka loop on the same workload (`consume(1000)`, the "
         "workload inline, `fetch.queue.backoff.ms=10`); for no-op that is the ceiling.",
         "- **p50/p99**: `time.time()*1000 - record timestamp` at handler start, for records sent by a paced "
