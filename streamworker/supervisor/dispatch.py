@@ -93,6 +93,11 @@ class Failure:
     retry_in: float = 0.0
 
 
+def record_size(key: bytes | None, value: bytes | None) -> int:
+    """Key + value bytes of one record: what buffer and window limits count (``protocol.F_SIZE``)."""
+    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+
+
 def _byte_size(keys: list[Any], values: list[Any]) -> int:
     """Key + value bytes of a run's records (joining is the cheapest way to sum lengths in CPython)."""
     return _joined_length(values) + _joined_length(keys)
@@ -197,10 +202,6 @@ class Run:
         topic, partition, lane, seq = self.topic, self.partition, self.lane, self.seq
         keys, values = self.keys, self.values
 
-        def size(i: int) -> int:
-            value, key = values[i], keys[i]
-            return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-
         return [
             [
                 seq,
@@ -214,7 +215,7 @@ class Run:
                 self.timestamps[i] if self.timestamps[i] >= 0 else None,
                 1,
                 False,
-                size(i),
+                record_size(keys[i], values[i]),
             ]
             for i in range(start, len(self.offsets))
         ]
@@ -515,7 +516,7 @@ class Dispatcher:
             for key, value in zip(run.keys, run.values, strict=True):
                 if used >= settings.max_buffered_bytes or fits >= room:
                     break
-                used += (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+                used += record_size(key, value)
                 fits += 1
             room = fits
         if room <= 0:
@@ -832,15 +833,6 @@ class Dispatcher:
 
     def worker_busy(self, wid: int) -> bool:
         return bool(self._workers[wid].outstanding)
-
-    def running_record(self, wid: int) -> Record | None:
-        """The record the worker is running now (the head of its queue), if any."""
-        for seq in self._workers[wid].outstanding:
-            item = self._inflight.get(seq)
-            if type(item) is Run:
-                return item.records(item.done)[0] if item.done < len(item) else None
-            return item
-        return None
 
     def _count(self, topic: str, result: str) -> None:
         key = (topic, result)

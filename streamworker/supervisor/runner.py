@@ -45,6 +45,7 @@ from streamworker.supervisor.dispatch import (
     FailurePolicy,
     Item,
     Run,
+    record_size,
 )
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
@@ -601,7 +602,7 @@ class TriggerRunner:
                     ts if ts_type else None,
                     1,
                     False,
-                    (len(value) if value is not None else 0) + (len(key) if key is not None else 0),
+                    record_size(key, value),
                 ]
             )
         return records
