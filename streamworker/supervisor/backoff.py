@@ -1,17 +1,17 @@
-"""Backoff delays for retried records and respawned workers, computed with tenacity.
+"""Backoff delays for retried records and respawned workers.
 
 The supervisor never sleeps: it schedules the next attempt at ``now + delay`` and keeps polling, so a
-record waiting for its retry does not block the poll loop or any other partition. tenacity supplies
-the exponential curve; we only add bounded proportional jitter so many failing partitions do not
-retry in lock step.
+record waiting for its retry does not block the poll loop or any other partition. That is why this is
+a plain formula and not tenacity: tenacity earns its place where a call is retried by sleeping in
+place, and computing one of its wait curves outside a retry loop needs its semi-internal
+``RetryCallState``. We add bounded proportional jitter so many failing partitions do not retry in
+lock step.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-
-from tenacity import RetryCallState, wait_exponential
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,7 @@ class Backoff:
         """Seconds to wait before retry number ``attempt`` (1 = the first retry)."""
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt}")
-        curve = wait_exponential(multiplier=self.base, min=0, max=self.cap)
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        delay = float(curve(state))
+        # Stop doubling once past the cap: 2**attempt for a huge attempt count would overflow a float.
+        delay = self.cap if attempt > 64 else min(self.cap, self.base * 2.0 ** (attempt - 1))
+        delay = max(0.0, delay)
         return delay + self.rng.uniform(0.0, self.jitter * delay)
