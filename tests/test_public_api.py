@@ -1,0 +1,91 @@
+"""What handler authors import: the public types at the top level, typed (py.typed), and the runtime
+dependencies the package declares, each one used."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import streamworker
+import streamworker.worker.sdk as sdk
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "streamworker"
+
+
+def test_handler_types_import_from_the_package() -> None:
+    from streamworker import Context, Event, QualifiedOffset, Response
+
+    # The very classes the worker hands to handlers, not copies.
+    assert (Event, Context, Response, QualifiedOffset) == (
+        sdk.Event,
+        sdk.Context,
+        sdk.Response,
+        sdk.QualifiedOffset,
+    )
+    for name in streamworker.__all__:
+        assert getattr(streamworker, name) is not None, name
+    assert {"Event", "Context", "Response", "QualifiedOffset", "Logger", "Platform"} <= set(
+        streamworker.__all__
+    )
+
+
+def test_py_typed_ships_with_the_package(tmp_path: Path) -> None:
+    """PEP 561: the marker is in the package as built, so type checkers use our annotations."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in settings["tool"]["setuptools"]["package-data"]["streamworker"]
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import setuptools; setuptools.setup()",
+            "-q",
+            "build_py",
+            "--build-lib",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    assert (tmp_path / "streamworker" / "py.typed").is_file()
+    assert (tmp_path / "streamworker" / "worker" / "sdk.py").is_file()
+
+
+def _third_party_imports() -> set[str]:
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {name for name in names if name != "streamworker" and name not in sys.stdlib_module_names}
+
+
+def test_every_runtime_dependency_earns_its_place() -> None:
+    """Each declared runtime dependency is imported by the package; each import is declared."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def dist(requirement: str) -> str:
+        for stop in "<>=!~[; ":
+            requirement = requirement.split(stop)[0]
+        return requirement.strip().lower().replace("_", "-")
+
+    runtime = {dist(r) for r in project["dependencies"]}
+    optional = {dist(r) for extra in project["optional-dependencies"].values() for r in extra}
+    by_module = importlib.metadata.packages_distributions()
+    imported = {
+        module: {d.lower().replace("_", "-") for d in by_module.get(module, [])}
+        for module in _third_party_imports()
+    }
+    used = set().union(*imported.values())
+    assert runtime <= used, f"declared but never imported: {sorted(runtime - used)}"
+    undeclared = {m: d for m, d in imported.items() if not d & (runtime | optional)}
+    assert not undeclared, f"imported but not declared: {undeclared}"
