@@ -11,12 +11,13 @@ could not be written (whatever was created is removed again).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from streamworker.config.loader import FUNCTION_NAME, FUNCTION_NAME_RULE
 
 __all__ = [
     "EXIT_FAILED",
@@ -34,14 +35,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-# The name becomes a folder, metadata.name, the topic and the consumer group, so it has to be valid
-# as all four. Nuclio's own rule (a DNS label: lowercase, digits, '-') plus '_', which Python users
-# expect; both are legal in Kafka topic and group names.
-_NAME = re.compile(r"[a-z](?:[a-z0-9_-]{0,61}[a-z0-9])?")
-NAME_RULE = (
-    "use lowercase letters, digits, '-' and '_', starting with a letter and ending with a letter or "
-    "digit, at most 63 characters"
-)
+# The name becomes a folder, metadata.name, the topic and the consumer group: the loader's rule for
+# metadata.name, so `init` never writes a function.yaml that `validate` rejects.
+_NAME = FUNCTION_NAME
+NAME_RULE = FUNCTION_NAME_RULE
 
 # Templates use "{name}" and "{python}" placeholders filled by str.replace, because the YAML and the
 # Python code are full of braces that str.format would trip over.
@@ -194,11 +191,11 @@ def scaffold(parent: Path, name: str) -> Path:
     return folder
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamworker init",
-        description="Create a function folder NAME with function.yaml, main.py and test_main.py.",
-    )
+DESCRIPTION = "Create a function folder NAME with function.yaml, main.py and test_main.py."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``streamworker init`` (shared by the top-level CLI's subparser)."""
     parser.add_argument("name", metavar="NAME", help=f"function name ({NAME_RULE})")
     parser.add_argument(
         "--dir",
@@ -206,6 +203,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PARENT",
         help="create NAME inside this folder (default: the current folder)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamworker init", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
@@ -214,6 +216,11 @@ def main(argv: Sequence[str]) -> int:
         args = _parser().parse_args(list(argv))
     except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``streamworker init NAME [--dir PARENT]`` with parsed arguments."""
     try:
         folder = scaffold(Path(args.dir), args.name)
     except ScaffoldError as exc:
@@ -222,7 +229,8 @@ def main(argv: Sequence[str]) -> int:
     print(
         f"created {folder}/ with function.yaml, main.py and test_main.py\n"
         f"  test it:  python -m pytest {folder}\n"
-        f"  run it:   KAFKA_BROKERS=host:9092 streamworker --config {folder / 'function.yaml'}\n"
+        f"  check it: streamworker validate --config {folder / 'function.yaml'}\n"
+        f"  run it:   KAFKA_BROKERS=host:9092 streamworker run --config {folder / 'function.yaml'}\n"
         f"            (consumes topic {args.name!r} as group {args.name!r}; edit function.yaml to change)"
     )
     return EXIT_OK

@@ -1195,3 +1195,70 @@ def test_librdkafka_accepts_the_settings(fn_dir: Path) -> None:
     consumer = confluent_kafka.Consumer(consumer_settings(config.triggers[0], config.name))
     consumer.close()
     assert isinstance(consumer, confluent_kafka.Consumer)
+
+
+# --- every problem in one run ------------------------------------------------------------------------
+
+
+def test_every_problem_of_the_file_is_reported_at_once(fn_dir: Path) -> None:
+    doc = minimal()
+    doc["metadata"] = {"name": "Orders!"}
+    trigger_of(doc)["numWorkerz"] = 2
+    attributes_of(doc)["sessionTimeout"] = "soon"
+    attributes_of(doc)["onError"] = "explode"
+    doc["spec"]["triggers"]["second"] = {"kind": "kafka-cluster", "attributes": {"topics": ["t"]}}
+    with pytest.raises(ConfigError) as info:
+        load(fn_dir, doc)
+    lines = [error.line() for error in info.value.errors]
+    assert [line.split(": ")[1] for line in lines] == [
+        "metadata.name",
+        "spec.triggers.orders.numWorkerz",
+        "spec.triggers.orders.attributes.sessionTimeout",
+        "spec.triggers.orders.attributes.onError",
+        "spec.triggers.second.attributes.brokers",
+        "spec.triggers.second.attributes.consumerGroup",
+    ]
+    assert "did you mean 'numWorkers'" in lines[1]
+    # str() stays one line: the first problem and how many more.
+    assert str(info.value) == f"{lines[0]} (and 5 more problems)"
+    copy_ = pickle.loads(pickle.dumps(info.value))
+    assert [e.line() for e in copy_.errors] == lines
+
+
+def test_a_misspelt_required_key_is_reported_once(fn_dir: Path) -> None:
+    doc = minimal()
+    attributes_of(doc)["topic"] = attributes_of(doc).pop("topics")
+    with pytest.raises(ConfigError) as info:
+        load(fn_dir, doc)
+    assert [e.line() for e in info.value.errors] == [
+        "function.yaml: spec.triggers.orders.attributes.topic: unknown key (did you mean 'topics'?)"
+    ]
+
+
+def test_cross_field_checks_still_run_when_other_triggers_are_broken(fn_dir: Path) -> None:
+    doc = minimal()
+    attributes_of(doc)["heartbeatInterval"] = "20s"
+    attributes_of(doc)["sessionTimeout"] = "10s"
+    doc["spec"]["triggers"]["other"] = {"kind": "kafka-cluster", "attributes": "not a mapping"}
+    with pytest.raises(ConfigError) as info:
+        load(fn_dir, doc)
+    fields = [e.field for e in info.value.errors]
+    assert fields == ["spec.triggers.orders.attributes.heartbeatInterval", "spec.triggers.other.attributes"]
+
+
+@pytest.mark.parametrize("name", ["orders", "orders-v2", "a", "my_fn", "x" * 63])
+def test_metadata_name_follows_the_rule_of_init(fn_dir: Path, name: str) -> None:
+    doc = minimal()
+    doc["metadata"] = {"name": name}
+    assert load(fn_dir, doc).config.name == name
+
+
+@pytest.mark.parametrize("name", ["Orders", "orders.v2", "2fast", "trailing-", "x" * 64, "has space"])
+def test_metadata_name_breaking_the_rule_of_init_is_an_error(fn_dir: Path, name: str) -> None:
+    from streamworker.scaffold import NAME_RULE, validate_name
+
+    doc = minimal()
+    doc["metadata"] = {"name": name}
+    assert error_of(fn_dir, doc) == f"function.yaml: metadata.name: invalid name {name!r}: {NAME_RULE}"
+    with pytest.raises(Exception, match="invalid name"):
+        validate_name(name)  # init refuses the same names

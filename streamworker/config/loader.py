@@ -1,14 +1,16 @@
 """Read a function.yaml into a ``FunctionConfig``.
 
 Every mistake becomes a ``ConfigError`` whose text is one line naming the file and the dotted field,
-because that line is what an operator sees in a crash-looping container's log.
+because that line is what an operator sees in a crash-looping container's log. A file with several
+mistakes raises one ``ConfigError`` carrying all of them in ``errors`` (in file order), so that
+``streamworker validate`` reports every one in a single run instead of one per edit.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,22 +44,62 @@ from .schema import (
     got,
     parse_trigger_kind,
     runtime_mismatch,
+    suggest,
+)
+
+# metadata.name becomes the consumer's client id and metric labels, and `streamworker init` uses it as
+# folder, topic and group name, so it has to be valid as all of those. Nuclio's own rule (a DNS label:
+# lowercase, digits, '-') plus '_', which Python users expect; both are legal in Kafka names.
+FUNCTION_NAME = re.compile(r"[a-z](?:[a-z0-9_-]{0,61}[a-z0-9])?")
+FUNCTION_NAME_RULE = (
+    "use lowercase letters, digits, '-' and '_', starting with a letter and ending with a letter or "
+    "digit, at most 63 characters"
 )
 
 
 class ConfigError(Exception):
-    """A function.yaml problem. ``str()`` is one line: ``file: field: problem`` (or ``file: problem``)."""
+    """A function.yaml problem. ``str()`` is one line: ``file: field: problem`` (or ``file: problem``).
 
-    def __init__(self, file: str, field: str | None, problem: str) -> None:
-        # Passing all three to Exception keeps the error picklable across processes.
+    ``errors`` holds every problem found in the file (this one first); ``str()`` names the first and
+    counts the others. Print ``errors`` one per line to show them all.
+    """
+
+    def __init__(
+        self, file: str, field: str | None, problem: str, errors: Sequence[ConfigError] = ()
+    ) -> None:
+        # Passing the fields to Exception keeps the error picklable across processes.
         super().__init__(file, field, problem)
         self.file = file
         self.field = field
         self.problem = problem
+        self.errors: tuple[ConfigError, ...] = tuple(errors) or (self,)
 
-    def __str__(self) -> str:
+    @classmethod
+    def combine(cls, errors: Sequence[ConfigError]) -> ConfigError:
+        """One error standing for all of ``errors`` (at least one)."""
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        return cls(first.file, first.field, first.problem, errors)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.file, self.field, self.problem, self.errors if len(self.errors) > 1 else ()),
+        )
+
+    def line(self) -> str:
+        """This problem alone, on one line."""
         location = f"{self.file}: {self.field}" if self.field else self.file
         return f"{location}: {_one_line(self.problem)}"
+
+    def __str__(self) -> str:
+        more = len(self.errors) - 1
+        return self.line() + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+class _SectionInvalid(Exception):
+    """A section had errors, already recorded in the context; checks that need its values are skipped."""
 
 
 @dataclass(frozen=True)
@@ -169,9 +211,24 @@ class _Context:
     file: str
     environ: Mapping[str, str]
     warnings: list[str] = field(default_factory=list)
+    errors: list[ConfigError] = field(default_factory=list)
 
     def error(self, field_path: str | None, problem: str) -> ConfigError:
         return ConfigError(self.file, field_path, problem)
+
+    def report(self, field_path: str | None, problem: str) -> None:
+        """Record a problem and carry on, so that one run finds every mistake in the file."""
+        self.errors.append(self.error(field_path, problem))
+
+    def attempt(self, check: Callable[[], Any]) -> Any:
+        """Run ``check``; record the ``ConfigError`` it raises and return None instead."""
+        try:
+            return check()
+        except ConfigError as error:
+            self.errors.extend(error.errors)
+        except _SectionInvalid:
+            pass
+        return None
 
     def warn(self, field_path: str, message: str) -> None:
         self.warnings.append(f"{self.file}: {field_path}: {message}")
@@ -195,22 +252,36 @@ class _Parsed:
     values: dict[str, Any]  # by YAML key; defaults filled in
     paths: dict[str, str]  # by YAML key: the dotted path as the user wrote it
     given: frozenset[str]  # keys present in the file (not null)
+    valid: bool = True  # False: problems were recorded; values of the bad keys are their defaults
+
+    def check(self) -> None:
+        """Raise ``_SectionInvalid`` unless every key parsed, before checks that combine values."""
+        if not self.valid:
+            raise _SectionInvalid()
 
 
 def _parse_section(section: SectionSpec, raw: Mapping[object, object], path: str, ctx: _Context) -> _Parsed:
+    """Parse one section, recording every bad key in ``ctx`` rather than stopping at the first."""
+    errors_before = len(ctx.errors)
     present: dict[str, tuple[str, object]] = {}
+    # Keys a misspelt key probably meant: "required" on top of "did you mean" would say it twice.
+    meant: set[str] = set()
     for raw_key, value in raw.items():
         if not isinstance(raw_key, str):
-            raise ctx.error(path or None, f"keys must be strings, {got(raw_key)}")
+            ctx.report(path or None, f"keys must be strings, {got(raw_key)}")
+            continue
         key = section.alias_of(raw_key) or raw_key
         if key in present:
-            raise ctx.error(_join(path, raw_key), f"given twice ('{raw_key}' is an alias of '{key}')")
-        if section.field(key) is not None:
+            ctx.report(_join(path, raw_key), f"given twice ('{raw_key}' is an alias of '{key}')")
+        elif section.field(key) is not None:
             present[key] = (raw_key, value)
         elif key in section.ignored:
             ctx.warn(_join(path, raw_key), "ignored by streamworker")
         else:
-            raise ctx.error(_join(path, raw_key), section.unknown_key_problem(raw_key))
+            ctx.report(_join(path, raw_key), section.unknown_key_problem(raw_key))
+            guess = suggest(raw_key, [spec.key for spec in section.fields])
+            if guess is not None:
+                meant.add(guess)
 
     values: dict[str, Any] = {}
     paths: dict[str, str] = {}
@@ -218,23 +289,28 @@ def _parse_section(section: SectionSpec, raw: Mapping[object, object], path: str
     for spec in section.fields:
         written_key, value = present.get(spec.key, (spec.key, None))
         field_path = paths[spec.key] = _join(path, written_key)
+        default = spec.default
+        values[spec.key] = dict(default) if isinstance(default, MappingProxyType) else default
         # An empty value (`env:`) means "not given", as YAML authors expect.
         if value is None:
-            if spec.required:
-                raise ctx.error(field_path, spec.missing)
-            default = spec.default
-            values[spec.key] = dict(default) if isinstance(default, MappingProxyType) else default
+            if spec.required and spec.key not in meant:
+                ctx.report(field_path, spec.missing)
+            continue
+        try:
+            if spec.section is None:  # nested sections expand their own leaves, skipping ignored keys
+                value = ctx.expand(value, field_path)
+            values[spec.key] = spec.parse(value)
+        except ConfigError as error:
+            ctx.errors.extend(error.errors)
+            continue
+        except FieldError as error:
+            ctx.report(field_path + error.subpath, error.problem)
+            continue
+        except ValueError as error:
+            ctx.report(field_path, str(error))
             continue
         given.add(spec.key)
-        if spec.section is None:  # nested sections expand their own leaves, skipping ignored keys
-            value = ctx.expand(value, field_path)
-        try:
-            values[spec.key] = spec.parse(value)
-        except FieldError as error:
-            raise ctx.error(field_path + error.subpath, error.problem) from error
-        except ValueError as error:
-            raise ctx.error(field_path, str(error)) from error
-    return _Parsed(values, paths, frozenset(given))
+    return _Parsed(values, paths, frozenset(given), valid=len(ctx.errors) == errors_before)
 
 
 def _model_kwargs(section: SectionSpec, parsed: _Parsed) -> dict[str, Any]:
@@ -279,16 +355,24 @@ def _parse_trigger(name: object, raw: object, ctx: _Context) -> TriggerConfig:
             trigger.paths["name"], f"'{written_name}' differs from the key; the trigger is called '{name}'"
         )
 
-    attributes = _parse_section(ATTRIBUTES, trigger.values["attributes"], trigger.paths["attributes"], ctx)
+    raw_attributes = trigger.values["attributes"]
+    if not isinstance(raw_attributes, Mapping):  # missing or not a mapping: already reported
+        raise _SectionInvalid()
+    attributes = _parse_section(ATTRIBUTES, raw_attributes, trigger.paths["attributes"], ctx)
+    trigger.check()
+    attributes.check()
     # librdkafka accepts a heartbeat interval at or above the session timeout, and the member then
     # keeps timing out of its group; catch it here.
-    _check_order(attributes, ctx, "heartbeatInterval", "sessionTimeout", strict=True)
-    _check_order(attributes, ctx, "retryBackoff", "retryMaxBackoff", strict=False)
+    ctx.attempt(lambda: _check_order(attributes, ctx, "heartbeatInterval", "sessionTimeout", strict=True))
+    ctx.attempt(lambda: _check_order(attributes, ctx, "retryBackoff", "retryMaxBackoff", strict=False))
     if attributes.values["onError"] is OnError.DEADLETTER and not attributes.values["deadLetterTopic"]:
-        raise ctx.error(attributes.paths["onError"], "deadletter needs attributes.deadLetterTopic")
+        ctx.report(attributes.paths["onError"], "deadletter needs attributes.deadLetterTopic")
 
-    sasl = _parse_sasl(attributes, ctx)
-    tls = _parse_tls(attributes, ctx)
+    errors_before = len(ctx.errors)
+    sasl = ctx.attempt(lambda: _parse_sasl(attributes, ctx))
+    tls = ctx.attempt(lambda: _parse_tls(attributes, ctx))
+    if len(ctx.errors) > errors_before:
+        raise _SectionInvalid()
     owned = (SASL_OWNED if sasl else ()) + (TLS_OWNED if tls else ())
     for key in attributes.values["librdkafka"]:
         if key in owned:
@@ -338,6 +422,7 @@ def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
         return None
     path = attributes.paths["sasl"]
     parsed = _parse_section(SASL, raw, path, ctx)
+    parsed.check()
     if not parsed.values["enable"]:
         return None
     if parsed.values["user"] is None:
@@ -372,6 +457,7 @@ def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
     if raw is None:
         return None
     parsed = _parse_section(TLS, raw, attributes.paths["tls"], ctx)
+    parsed.check()
     if not parsed.values["enable"]:
         return None
 
@@ -398,7 +484,8 @@ def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate a function.yaml.
 
-    ``environ`` supplies ``${VAR}`` references (default: ``os.environ``). Raises ``ConfigError``.
+    ``environ`` supplies ``${VAR}`` references (default: ``os.environ``). Raises ``ConfigError``
+    (with every problem found in ``errors``).
     """
     file = os.fspath(path)
     ctx = _Context(file, os.environ if environ is None else environ)
@@ -408,8 +495,17 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ctx.error(None, f"top level must be a mapping with metadata and spec, {got(document)}{empty}")
 
     root = _parse_section(ROOT, document, "", ctx)
-    metadata = _parse_section(METADATA, root.values["metadata"] or {}, root.paths["metadata"], ctx)
-    spec = _parse_section(SPEC, root.values["spec"], root.paths["spec"], ctx)
+    raw_metadata = root.values["metadata"] or {}
+    metadata = _parse_section(
+        METADATA, raw_metadata if isinstance(raw_metadata, Mapping) else {}, root.paths["metadata"], ctx
+    )
+    name = metadata.values["name"]
+    if isinstance(name, str) and name and not FUNCTION_NAME.fullmatch(name):
+        ctx.report(metadata.paths["name"], f"invalid name {name!r}: {FUNCTION_NAME_RULE}")
+    raw_spec = root.values["spec"]
+    if not isinstance(raw_spec, Mapping):  # missing or not a mapping: already reported
+        raise ConfigError.combine(ctx.errors)
+    spec = _parse_section(SPEC, raw_spec, root.paths["spec"], ctx)
 
     runtime = spec.values["runtime"]
     if runtime is not None:
@@ -418,15 +514,26 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             ctx.warn(spec.paths["runtime"], mismatch)
 
     raw_triggers = spec.values["triggers"]
+    triggers: list[TriggerConfig] = []
     if not raw_triggers:
-        raise ctx.error(spec.paths["triggers"], TRIGGERS_REQUIRED)
-    triggers = tuple(_parse_trigger(name, raw, ctx) for name, raw in raw_triggers.items())
+        if "triggers" in spec.given:  # an empty mapping; a missing or bad one is reported already
+            ctx.report(spec.paths["triggers"], TRIGGERS_REQUIRED)
+    else:
+        for trigger_name, raw in raw_triggers.items():
+            try:
+                triggers.append(_parse_trigger(trigger_name, raw, ctx))
+            except ConfigError as error:
+                ctx.errors.extend(error.errors)
+            except _SectionInvalid:
+                pass
+    if ctx.errors:
+        raise ConfigError.combine(ctx.errors)
 
     absolute = Path(os.path.abspath(file))
     config = FunctionConfig(
         path=absolute,
         name=metadata.values["name"] or absolute.parent.name or "function",
         **_model_kwargs(SPEC, spec),
-        triggers=triggers,
+        triggers=tuple(triggers),
     )
     return LoadedConfig(config=config, warnings=tuple(ctx.warnings))
