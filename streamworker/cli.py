@@ -1,9 +1,11 @@
-"""Command line: ``streamworker --config function.yaml`` runs a function until SIGTERM/SIGINT.
+"""Command line: ``streamworker run|validate|init|version``.
 
-Subcommands: ``streamworker run --config F`` (the default, same as without ``run``),
-``streamworker validate --config F`` (check a config and that its handler imports, no broker) and
-``streamworker init NAME`` (scaffold a function folder). Each lives in its own module with a
-``main(argv) -> int``.
+``streamworker run`` runs a function until SIGTERM/SIGINT; ``streamworker --config F`` (no
+subcommand) still means ``run``. ``validate`` checks a config and that its handler imports, with no
+broker; ``init NAME`` scaffolds a function folder; ``version`` (or ``--version``) prints the versions
+of streamworker, Python, confluent-kafka and librdkafka. ``--config`` defaults to
+``$STREAMWORKER_CONFIG`` or ``./function.yaml``; ``--log-level`` / ``--log-format`` to
+``$STREAMWORKER_LOG_LEVEL`` / ``$STREAMWORKER_LOG_FORMAT``.
 
 Exit codes: 0 clean stop; 1 runtime failure; 2 bad command line or configuration; 3 the handler
 could not be loaded; 128 + signal number when a second signal forced the exit.
@@ -12,12 +14,13 @@ could not be loaded; 128 + signal number when a second signal forced the exit.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
 import os
+import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from streamworker import __version__
+from streamworker import __version__, scaffold, validate
 from streamworker.config import ConfigError, load_config, parse_duration
 from streamworker.config.kafka_settings import client_settings_problem
 from streamworker.observability.health import (
@@ -32,63 +35,124 @@ from streamworker.observability.health import (
 from streamworker.observability.logging import configure_logging, get_logger
 
 EXIT_CONFIG = 2
+LOG_LEVEL_ENV = "STREAMWORKER_LOG_LEVEL"
+LOG_FORMAT_ENV = "STREAMWORKER_LOG_FORMAT"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+SUBCOMMANDS = ("run", "validate", "init", "version")
 
-# Subcommand -> module with ``main(argv: Sequence[str]) -> int``; loaded only when used.
-SUBCOMMANDS = {"validate": "streamworker.validate", "init": "streamworker.scaffold"}
 
+def versions() -> str:
+    """One line: streamworker's version and those of what it runs on (for bug reports)."""
+    import confluent_kafka  # only here: the other commands do not need it loaded
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamworker",
-        description="Run a Nuclio-style Python function on Kafka records.",
-        epilog="other commands: 'streamworker validate --config FILE', 'streamworker init NAME'",
+    # confluent_kafka.version() is a tuple in some releases and a str in others; the metadata is not.
+    client = importlib.metadata.version("confluent-kafka")
+    return (
+        f"streamworker {__version__} (Python {platform.python_version()}, "
+        f"confluent-kafka {client}, librdkafka {confluent_kafka.libversion()[0]})"
     )
-    parser.add_argument("--version", action="version", version=f"streamworker {__version__}")
-    parser.add_argument("--config", "-c", required=True, help="path to the function.yaml")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, but the text is computed only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print versions and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        print(versions())
+        parser.exit()
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    validate.add_config_argument(parser)
     parser.add_argument(
         "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="minimum level of log lines (default: info)",
+        default=environ.get(LOG_LEVEL_ENV, "").strip().lower() or "info",
+        choices=LOG_LEVELS,
+        help=f"minimum level of log lines (default: ${LOG_LEVEL_ENV} or info)",
     )
     parser.add_argument(
         "--log-format",
-        default="json",
-        choices=["json", "console"],
-        help="json lines (default) or a human-readable console format",
+        default=environ.get(LOG_FORMAT_ENV, "").strip().lower() or "json",
+        choices=LOG_FORMATS,
+        help=f"json lines or a human-readable console format (default: ${LOG_FORMAT_ENV} or json)",
     )
     parser.add_argument(
         "--health-addr",
-        default=os.environ.get(HEALTH_ADDR_ENV, DEFAULT_HEALTH_ADDR),
+        default=environ.get(HEALTH_ADDR_ENV, DEFAULT_HEALTH_ADDR),
         metavar="HOST:PORT",
         help=f"where /live, /ready and /metrics listen; port 0 picks a free port, 'off' disables "
         f"(default: ${HEALTH_ADDR_ENV} or {DEFAULT_HEALTH_ADDR})",
     )
     parser.add_argument(
         "--live-timeout",
-        default=os.environ.get(LIVE_TIMEOUT_ENV, DEFAULT_LIVE_TIMEOUT),
+        default=environ.get(LIVE_TIMEOUT_ENV, DEFAULT_LIVE_TIMEOUT),
         metavar="DURATION",
         help=f"/live fails when a trigger's poll loop made no progress for this long "
         f"(default: ${LIVE_TIMEOUT_ENV} or {DEFAULT_LIVE_TIMEOUT})",
     )
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="streamworker",
+        description="Run a Nuclio-style Python function on Kafka records.",
+        epilog="'streamworker --config FILE' without a command means 'streamworker run --config FILE'.",
+    )
+    parser.add_argument("--version", action=_VersionAction)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_parser = commands.add_parser(
+        "run",
+        help="run the function until SIGTERM/SIGINT",
+        description="Run the function until SIGTERM/SIGINT.",
+    )
+    _add_run_arguments(run_parser, env)
+    validate_parser = commands.add_parser(
+        "validate",
+        help="check function.yaml and the handler import, no broker",
+        description=validate.DESCRIPTION,
+    )
+    validate.add_arguments(validate_parser)
+    init_parser = commands.add_parser(
+        "init", help="create a function folder", description=scaffold.DESCRIPTION
+    )
+    scaffold.add_arguments(init_parser)
+    commands.add_parser("version", help="print versions", description="Print versions and exit.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in SUBCOMMANDS:
-        command = importlib.import_module(SUBCOMMANDS[arguments[0]])
-        code: int = command.main(arguments[1:])
-        return code
-    if arguments and arguments[0] == "run":
-        arguments = arguments[1:]
-    return run(arguments)
+    # Before subcommands, `streamworker --config F` was how to run a function: it still is.
+    if not arguments or (
+        arguments[0] not in SUBCOMMANDS and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments = ["run", *arguments]
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if args.command == "version":
+        print(versions())
+        return 0
+    if args.command == "validate":
+        return validate.run(args, parser)
+    if args.command == "init":
+        return scaffold.run(args)
+    return run(args, parser)
 
 
-def run(argv: Sequence[str]) -> int:
-    """``streamworker [run] --config FILE``: run the function until SIGTERM/SIGINT."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``streamworker run``: run the function until SIGTERM/SIGINT."""
+    # argparse checks choices given on the command line, not defaults: a value that is not a choice
+    # came from the environment variable.
+    for value, variable, choices in (
+        (args.log_level, LOG_LEVEL_ENV, LOG_LEVELS),
+        (args.log_format, LOG_FORMAT_ENV, LOG_FORMATS),
+    ):
+        if value not in choices:
+            parser.error(f"${variable}: invalid choice {value!r} (choose from {', '.join(choices)})")
     try:
         health_address = parse_health_address(args.health_addr)
     except ValueError as exc:
@@ -102,7 +166,7 @@ def run(argv: Sequence[str]) -> int:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        print(f"streamworker: {exc}", file=sys.stderr)
+        validate.print_config_error(exc)
         return EXIT_CONFIG
     for warning in loaded.warnings:
         log.warning(warning)

@@ -1,12 +1,14 @@
 """``streamworker validate --config FILE``: check a function without connecting to any broker.
 
-Checks, in order, and stops at the first problem (one line on stderr, exit code 2):
+Checks, in order, and stops at the first step that fails (exit code 2, problems on stderr):
 
-1. the function.yaml itself (schema, ``${VAR}`` references, files named by the sasl/tls sections);
+1. the function.yaml itself (schema, ``${VAR}`` references, files named by the sasl/tls sections):
+   every problem in the file, one line each;
 2. the Kafka client settings, by librdkafka itself (a client with no bootstrap servers connects to
    nothing but parses every property and loads the TLS files);
 3. that the handler imports and is callable, in a child process with ``spec.env`` applied, so no
-   user code runs in this process. ``init_context`` is not called.
+   user code runs in this process: one line naming the file and line of the error, then its
+   traceback. ``init_context`` is not called (it usually connects to other services).
 
 Exit 0 prints a short summary on stdout; warnings go to stderr.
 """
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamworker.config import ConfigError, FunctionConfig, load_config, parse_duration
@@ -28,25 +31,53 @@ from streamworker.config.kafka_settings import client_settings_problem
 EXIT_OK = 0
 EXIT_INVALID = 2
 DEFAULT_IMPORT_TIMEOUT = "60s"
+DESCRIPTION = "Check a function.yaml and that its handler imports, without connecting to Kafka."
+CONFIG_ENV = "STREAMWORKER_CONFIG"
+DEFAULT_CONFIG = "function.yaml"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamworker validate",
-        description="Check a function.yaml and that its handler imports, without connecting to Kafka.",
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config``, defaulting to ``$STREAMWORKER_CONFIG`` or ./function.yaml (run and validate)."""
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"path to the function.yaml (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})",
     )
-    parser.add_argument("--config", "-c", required=True, help="path to the function.yaml")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``streamworker validate`` (shared by the top-level CLI's subparser)."""
+    add_config_argument(parser)
     parser.add_argument(
         "--import-timeout",
         default=DEFAULT_IMPORT_TIMEOUT,
         metavar="DURATION",
         help=f"give up on a handler import that takes longer (default: {DEFAULT_IMPORT_TIMEOUT})",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamworker validate", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
-def handler_problem(function: FunctionConfig, timeout: float) -> str | None:
-    """Import the handler in a child process; return the loader's error message, or None."""
+def print_config_error(error: ConfigError) -> None:
+    """Every problem of a function.yaml, one ``streamworker: file: field: problem`` line each."""
+    for each in error.errors:
+        print(f"streamworker: {each.line()}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class HandlerProblem:
+    message: str  # one line, naming file and line when the error is in the user's code
+    traceback: str | None = None
+
+
+def handler_problem(function: FunctionConfig, timeout: float) -> HandlerProblem | None:
+    """Import the handler in a child process; return the loader's error, or None."""
     env = {**os.environ, **function.env}
     with tempfile.TemporaryDirectory(prefix="streamworker-validate-") as folder:
         result_file = Path(folder) / "result.json"
@@ -63,7 +94,7 @@ def handler_problem(function: FunctionConfig, timeout: float) -> str | None:
                 command, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            return f"importing handler '{function.handler}' took longer than {timeout:g}s"
+            return HandlerProblem(f"importing handler '{function.handler}' took longer than {timeout:g}s")
         try:
             outcome = json.loads(result_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -71,15 +102,24 @@ def handler_problem(function: FunctionConfig, timeout: float) -> str | None:
             tail = completed.stderr.decode(errors="replace").strip().splitlines()[-1:]
             detail = f": {tail[0]}" if tail else ""
             code = completed.returncode
-            return f"importing handler '{function.handler}' ended the process (exit {code}){detail}"
+            return HandlerProblem(
+                f"importing handler '{function.handler}' ended the process (exit {code}){detail}"
+            )
     if outcome.get("ok"):
         return None
-    return str(outcome.get("error", "the handler could not be loaded"))
+    trace = outcome.get("traceback")
+    return HandlerProblem(
+        str(outcome.get("error", "the handler could not be loaded")), str(trace) if trace else None
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return run(parser.parse_args(list(sys.argv[1:] if argv is None else argv)), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``streamworker validate`` with parsed arguments; ``parser`` reports usage errors."""
     try:
         timeout = parse_duration(args.import_timeout)
     except ValueError as exc:
@@ -87,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        print(f"streamworker: {exc}", file=sys.stderr)
+        print_config_error(exc)
         return EXIT_INVALID
     for warning in loaded.warnings:
         print(f"streamworker: warning: {warning}", file=sys.stderr)
@@ -97,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"streamworker: {args.config}: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    problem = handler_problem(function, timeout)
-    if problem is not None:
-        print(f"streamworker: {args.config}: spec.handler: {problem}", file=sys.stderr)
+    failure = handler_problem(function, timeout)
+    if failure is not None:
+        print(f"streamworker: {args.config}: spec.handler: {failure.message}", file=sys.stderr)
+        if failure.traceback:
+            print(failure.traceback.rstrip("\n"), file=sys.stderr)
         return EXIT_INVALID
 
     triggers = ", ".join(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streamworker.worker.loader import HandlerLoadError, is_coroutine_callable, load_handler
+from streamworker.worker.loader import (
+    HandlerLoadError,
+    error_location,
+    format_traceback,
+    is_coroutine_callable,
+    load_handler,
+)
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
 
@@ -63,7 +70,8 @@ def test_module_with_failing_import() -> None:
         load_handler(str(HANDLERS), "broken_import:handler")
     assert str(info.value) == (
         f"cannot import handler module 'broken_import' (handler 'broken_import:handler') from {HANDLERS}: "
-        "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
+        "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz' "
+        f"(at {HANDLERS / 'broken_import.py'}:1)"
     )
     assert "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
@@ -78,6 +86,22 @@ def test_syntax_error_is_one_line(tmp_path: Path) -> None:
         "cannot import handler module 'bad_syntax_mod' (handler 'bad_syntax_mod:handler') from "
     )
     assert "SyntaxError" in message and "\n" not in message
+    assert message.endswith(f"(at {tmp_path / 'bad_syntax_mod.py'}:1)")
+
+
+def test_location_is_the_users_line_not_the_library_it_called(tmp_path: Path) -> None:
+    (tmp_path / "calls_json.py").write_text("import json\n\nSETTINGS = json.loads('{')\n")
+    with pytest.raises(HandlerLoadError) as info:
+        load_handler(str(tmp_path), "calls_json:handler")
+    assert str(info.value).endswith(f"(at {tmp_path / 'calls_json.py'}:3)")
+    cause = info.value.__cause__
+    assert cause is not None
+    # Without the code folder the innermost frame is json's own; with it, the user's line.
+    assert str(error_location(cause)).startswith(str(Path(json.__file__).parent))
+    assert error_location(cause, str(tmp_path)) == f"{tmp_path / 'calls_json.py'}:3"
+    trace = format_traceback(info.value, str(tmp_path)).splitlines()
+    assert trace[1] == f'  File "{tmp_path / "calls_json.py"}", line 3, in <module>'
+    assert trace[-1].startswith("json.decoder.JSONDecodeError: ")
 
 
 def test_missing_function() -> None:

@@ -308,9 +308,16 @@ def test_init_failed_on_import_error(harness: WorkerHarness) -> None:
     assert payload["error_type"] == "HandlerLoadError"
     assert payload["message"] == (
         f"cannot import handler module 'broken_import' (handler 'broken_import:handler') from {HANDLERS}: "
-        "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
+        "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz' "
+        f"(at {HANDLERS}/broken_import.py:1)"
     )
-    assert "Traceback" in payload["traceback"]
+    # The traceback is the user's: it starts at their file, not in our loader or importlib.
+    trace = payload["traceback"].splitlines()
+    assert trace[:2] == [
+        "Traceback (most recent call last):",
+        f'  File "{HANDLERS}/broken_import.py", line 1, in <module>',
+    ]
+    assert trace[-1] == "ModuleNotFoundError: No module named 'definitely_not_an_installed_module_xyz'"
     assert harness.wait_exit() == 3
 
 
@@ -319,7 +326,11 @@ def test_init_failed_when_init_context_raises(harness: WorkerHarness) -> None:
     kind, payload = harness.next_message()
     assert kind == Msg.INIT_FAILED
     assert payload["error_type"] == "ValueError"
-    assert payload["message"] == "init_fails:init_context raised ValueError: database unreachable"
+    assert payload["message"] == (
+        f"init_fails:init_context raised ValueError: database unreachable (at {HANDLERS}/init_fails.py:2)"
+    )
+    assert f'File "{HANDLERS}/init_fails.py", line 2, in init_context' in payload["traceback"]
+    assert payload["traceback"].splitlines()[-1] == "ValueError: database unreachable"
     assert harness.wait_exit() == 3
 
 
@@ -706,3 +717,32 @@ def test_a_run_record_without_timestamp_has_none(harness: WorkerHarness) -> None
     assert run_result(collect(harness, 1)[0]) == (0, OK, 1)
     (meta,) = [entry for entry in harness.observed() if "id" in entry]
     assert meta["timestamp"] is None
+
+
+# -- standard logging --------------------------------------------------------------------------------
+
+
+def test_stdlib_logging_joins_the_json_lines_with_the_event_fields(harness: WorkerHarness) -> None:
+    harness.start("stdlib_logging:handler")
+    harness.events(wire_event(0, b"a", partition=2, offset=70))
+    harness.events(wire_run(1, [b"b", b"c"], partition=5, first_offset=90))
+    assert statuses(collect(harness, 2)) == [(0, OK), (1, OK)]
+    # The handler's lines are written before its results: no waiting needed once they are in.
+    lines = [line for line in harness.log_lines() if line.get("logger") == "somelib.client"]
+    worker = {"function": "fn", "worker": 4, "trigger": "orders-trigger"}
+    seen = [
+        (line["level"], line["message"], line.get("topic"), line.get("partition"), line.get("offset"))
+        for line in lines
+    ]
+    assert seen == [
+        ("info", "library loaded", None, None, None),  # at import: worker fields, no event
+        ("info", "fetched a", "orders", 2, 70),
+        ("warning", "slow reply", "orders", 2, 70),
+        ("info", "fetched b", "orders", 5, 90),
+        ("warning", "slow reply", "orders", 5, 90),
+        ("info", "fetched c", "orders", 5, 91),
+        ("warning", "slow reply", "orders", 5, 91),
+    ], harness.log()
+    assert all(line.items() >= worker.items() for line in lines), lines
+    assert lines[2]["ms"] == 250  # `extra` fields come along
+    assert "debug is below" not in harness.log()  # the configured level (info) applies

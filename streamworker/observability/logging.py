@@ -8,17 +8,26 @@ Level filtering uses ``structlog.make_filtering_bound_logger``: a call below the
 method that just returns ``None``. A logger from ``get_logger`` after ``configure_logging`` keeps the
 configuration of that moment (level and stream); one obtained before any configuration follows the
 configuration current at each call (see ``get_logger``).
+
+Standard ``logging`` (what the libraries a handler uses log through) joins the same stream: the root
+logger gets a handler whose ``structlog.stdlib.ProcessorFormatter`` renders each record like our own
+lines, at the same level, with ``logger`` naming its source. In a worker, ``bind_call_context`` adds
+the worker's fields and, during a handler call, the event's ``topic``, ``partition`` and ``offset``.
+Console colours are used only when the stream is a terminal.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import FilteringBoundLogger, Processor
 
-__all__ = ["EVENT_FIELD_ALIAS", "LEVELS", "configure_logging", "get_logger"]
+__all__ = ["EVENT_FIELD_ALIAS", "LEVELS", "bind_call_context", "configure_logging", "get_logger"]
 
 LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
@@ -54,6 +63,84 @@ def _leading_keys_first(_logger: Any, _method: str, event_dict: Any) -> Any:
     return ordered
 
 
+# For stdlib records: a callable returning the object being handled (anything with topic, partition
+# and offset attributes, or None between calls). A context variable rather than a global, so that
+# whoever binds it (the worker's event loop) decides which code sees it: tasks the handler starts
+# inherit it, unrelated threads do not.
+_CURRENT_EVENT: ContextVar[Callable[[], Any] | None] = ContextVar("streamworker_current_event", default=None)
+
+
+def bind_call_context(fields: Mapping[str, Any], current_event: Callable[[], Any]) -> None:
+    """In this context, stdlib log lines carry ``fields`` (e.g. function, worker, trigger) and, when
+    ``current_event()`` returns an event, its topic, partition and offset.
+
+    The worker calls this once; it then only swaps its current event per call, as for
+    ``context.logger``, so the hot path pays nothing for it.
+    """
+    structlog.contextvars.bind_contextvars(**fields)
+    _CURRENT_EVENT.set(current_event)
+
+
+def _add_event_fields(_logger: Any, _method: str, event_dict: Any) -> Any:
+    current = _CURRENT_EVENT.get()
+    event = current() if current is not None else None
+    if event is not None:
+        event_dict.setdefault("topic", event.topic)
+        event_dict.setdefault("partition", event.partition)
+        event_dict.setdefault("offset", event.offset)
+    return event_dict
+
+
+def _add_logger_name(_logger: Any, _method: str, event_dict: Any) -> Any:
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+class _StdlibHandler(logging.Handler):
+    """Writes formatted stdlib records to ``stream``, or to the ``sys.stdout`` of the moment (as
+    structlog's loggers do, so output captured by swapping ``sys.stdout`` includes these lines)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            out = self._stream if self._stream is not None else sys.stdout
+            out.write(self.format(record) + "\n")
+            out.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _route_stdlib_logging(
+    min_level: int, shared: list[Processor], renderer: list[Processor], stream: TextIO | None
+) -> None:
+    """Send every stdlib record at or above ``min_level`` through our renderer, replacing any
+    handler an earlier ``configure_logging`` installed (and nobody else's)."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _add_logger_name, _add_event_fields, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+    )
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min_level)
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    out = stream if stream is not None else sys.stdout
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process.
 
@@ -79,7 +166,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     elif fmt == "console":
         renderer = [
             structlog.processors.EventRenamer("message", replace_by=EVENT_FIELD_ALIAS),
-            structlog.dev.ConsoleRenderer(event_key="message"),
+            structlog.dev.ConsoleRenderer(event_key="message", colors=_is_terminal(stream)),
         ]
     else:
         raise ValueError(f"unknown log format {fmt!r}; expected 'json' or 'console'")
@@ -91,6 +178,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(min_level, shared, renderer, stream)
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streamworker.config.kafka_settings import consumer_settings
 from streamworker.config.model import AllocationMode, ExplicitAckMode, FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
+from streamworker.observability.ratelimit import RepeatLimiter
 from streamworker.protocol import (
     F_ATTEMPT,
     F_OFFSET,
@@ -118,6 +119,8 @@ class TriggerRunner:
         self.stop = stop
         self.options = options or RunnerOptions()
         self.log = get_logger(trigger=trigger.name)
+        # Client errors and librdkafka's log lines, with repeats held back (an outage stays readable).
+        self._client_log = RepeatLimiter.from_environ(self.log)
         self.env = {
             **os.environ,
             **function.env,
@@ -244,9 +247,11 @@ class TriggerRunner:
             elif kind == Msg.INIT_FAILED:
                 info = message[1]
                 text = f"{info.get('error_type')}: {info.get('message')}"
+                # The message names file and line; the traceback is the rest of the story.
+                trace = info.get("traceback")
+                self.log.error("worker failed to start", worker=seat.worker_id, error=text, traceback=trace)
                 if not seat.ever_ready:
                     raise FatalTriggerError(Outcome.HANDLER_LOAD_FAILED, text)
-                self.log.error("worker failed to start", worker=seat.worker_id, error=text)
             elif kind == Msg.DRAINED:
                 process.drained.add(int(message[1]))
             elif kind == Msg.TERMINATED:
@@ -382,7 +387,7 @@ class TriggerRunner:
             )
         settings["error_cb"] = self._on_kafka_error
         settings["on_commit"] = self._on_commit
-        settings["logger"] = _librdkafka_logger(self.log)
+        settings["logger"] = _librdkafka_logger(self._client_log)
         try:
             return Consumer(settings)
         except KafkaException as exc:
@@ -391,7 +396,9 @@ class TriggerRunner:
             ) from exc
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        self.log.warning("kafka client error", error=error.str(), code=error.name(), fatal=error.fatal())
+        self._client_log.warning(
+            "kafka client error", error=error.str(), code=error.name(), fatal=error.fatal()
+        )
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is not None:

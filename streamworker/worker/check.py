@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamworker.worker.loader import HandlerLoadError, load_handler
+from streamworker.worker.loader import HandlerLoadError, error_location, format_traceback, load_handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_handler(code_dir, handler)
     except HandlerLoadError as exc:
         outcome: dict[str, object] = {"ok": False, "error": str(exc)}
+        cause = exc.__cause__
+        # Only a traceback that reaches the user's code says more than the message (a missing
+        # module or function has nothing but importlib's frames).
+        if cause is not None and error_location(cause, code_dir) is not None:
+            outcome["traceback"] = format_traceback(exc, code_dir)
     else:
         outcome = {
             "ok": True,

@@ -6,11 +6,19 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HandlerLoadError", "LoadedHandler", "is_coroutine_callable", "load_handler"]
+__all__ = [
+    "HandlerLoadError",
+    "LoadedHandler",
+    "error_location",
+    "format_traceback",
+    "is_coroutine_callable",
+    "load_handler",
+]
 
 INIT_CONTEXT_NAME = "init_context"
 
@@ -35,6 +43,42 @@ def is_coroutine_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method itself, not callable()
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def error_location(exc: BaseException, code_dir: str | None = None) -> str | None:
+    """``file:line`` where ``exc`` happened, for one-line messages; None when unknown.
+
+    A SyntaxError points at the bad line itself. Otherwise, with ``code_dir``, the innermost frame
+    inside it (the user's code) wins over frames in libraries it called, so a ``raise`` inside
+    ``json`` still points at the user's line that called it; no such frame (the handler's module
+    does not exist: only importlib's frames) gives None. Without ``code_dir``, the innermost frame.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(exc.__traceback__))
+    if code_dir is not None:
+        root = os.path.join(os.path.abspath(code_dir), "")
+        frames = [frame for frame in frames if os.path.abspath(frame.filename).startswith(root)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
+def format_traceback(exc: BaseException, code_dir: str | None = None) -> str:
+    """The traceback of the user's error: the cause of a ``HandlerLoadError``, not our re-raise.
+
+    With ``code_dir``, frames before the first one in the user's code (our loader, importlib) are
+    left out: they are the same for every import and bury the lines that matter.
+    """
+    if isinstance(exc, HandlerLoadError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    report = traceback.TracebackException.from_exception(exc)
+    if code_dir is not None:
+        root = os.path.join(os.path.abspath(code_dir), "")
+        starts = [
+            i for i, frame in enumerate(report.stack) if os.path.abspath(frame.filename).startswith(root)
+        ]
+        if starts:
+            report.stack = traceback.StackSummary.from_list(report.stack[starts[0] :])
+    return "".join(report.format())
 
 
 def _module_file(module_name: str, code_dir: str) -> str:
@@ -62,9 +106,11 @@ def load_handler(code_dir: str, handler: str) -> LoadedHandler:
         if isinstance(exc, KeyboardInterrupt):
             raise
         detail = " ".join(str(exc).split())  # one line, even for SyntaxError's multi-line text
+        location = error_location(exc, code_dir)
+        at = f" (at {location})" if location else ""
         raise HandlerLoadError(
             f"cannot import handler module {module_name!r} (handler '{module_name}:{function_name}') "
-            f"from {code_dir}: {type(exc).__name__}: {detail}"
+            f"from {code_dir}: {type(exc).__name__}: {detail}{at}"
         ) from exc
 
     where = getattr(module, "__file__", None) or _module_file(module_name, code_dir)

@@ -19,12 +19,11 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streamworker.observability.logging import configure_logging, get_logger
+from streamworker.observability.logging import bind_call_context, configure_logging, get_logger
 from streamworker.protocol import (
     F_LANE,
     F_RETRY,
@@ -45,7 +44,14 @@ from streamworker.protocol import (
     summarize_durations,
     write_all_blocking,
 )
-from streamworker.worker.loader import INIT_CONTEXT_NAME, HandlerLoadError, LoadedHandler, load_handler
+from streamworker.worker.loader import (
+    INIT_CONTEXT_NAME,
+    HandlerLoadError,
+    LoadedHandler,
+    error_location,
+    format_traceback,
+    load_handler,
+)
 from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
 
 __all__ = [
@@ -359,14 +365,17 @@ class Worker:
         try:
             init = WorkerInit.from_wire(data)
             configure_logging(init.log_level, _log_format())
-            self._log = get_logger(
-                function=init.function_name, worker=init.worker_id, trigger=init.trigger_name
-            )
+            fields = {"function": init.function_name, "worker": init.worker_id, "trigger": init.trigger_name}
+            self._log = get_logger(**fields)
+            logger = Logger(self._log)
+            # Records of stdlib loggers (the handler's libraries, from import time on) carry the same
+            # fields as ours, and those of the event while a call runs.
+            bind_call_context(fields, lambda: logger.current_event)
             self.loaded = load_handler(init.code_dir, init.handler)
             self.trigger = TriggerInfo(kind=init.trigger_kind, name=init.trigger_name)
             self.decode_strings = init.decode_strings
             self.context = Context(
-                logger=Logger(self._log),
+                logger=logger,
                 platform=Platform(self._queue_ack, kind="local", name="streamworker"),
                 worker_id=init.worker_id,
                 trigger=self.trigger,
@@ -388,6 +397,7 @@ class Worker:
             except BaseException as exc:  # SystemExit or a cancelled await count as failures too
                 handler = f"{self.loaded.module_name}:{INIT_CONTEXT_NAME}"
                 message = f"{handler} raised {type(exc).__name__}: {_one_line(exc)}"
+                message += f" (at {error_location(exc, init.code_dir) or 'unknown location'})"
                 self._init_failed(type(exc).__name__, message, exc)
                 return False
         self._write(encode([Msg.READY, {"pid": os.getpid()}]))
@@ -395,7 +405,7 @@ class Worker:
         return True
 
     def _init_failed(self, error_type: str, message: str, exc: BaseException) -> None:
-        tb = "".join(traceback.format_exception(exc))
+        tb = format_traceback(exc, (self._init_data or {}).get("code_dir"))
         self._write(
             encode([Msg.INIT_FAILED, {"error_type": error_type, "message": message, "traceback": tb}])
         )
