@@ -171,3 +171,35 @@ def test_the_compose_file_wires_redpanda_and_the_example() -> None:
     assert (REPO / worker["build"]["args"]["FUNCTION_DIR"] / "function.yaml").is_file()
     assert worker["environment"]["KAFKA_BROKERS"] == "redpanda:9092"
     assert worker["depends_on"]["create-topic"]["condition"] == "service_completed_successfully"
+
+
+def test_the_compose_file_runs_prometheus_and_grafana_with_the_dashboard() -> None:
+    compose_dir = DEPLOY / "compose"
+    services = yaml.safe_load((compose_dir / "docker-compose.yml").read_text())["services"]
+
+    def mounts(service: str) -> dict[str, Path]:
+        """Container path -> host path of a service's read-only bind mounts."""
+        found = {}
+        for volume in services[service]["volumes"]:
+            host, container, mode = volume.split(":")
+            assert mode == "ro", volume
+            found[container] = (compose_dir / host).resolve()
+        return found
+
+    # Prometheus scrapes the port streamworker publishes its /metrics on.
+    prometheus = mounts("prometheus")
+    config = yaml.safe_load(prometheus["/etc/prometheus/prometheus.yml"].read_text())
+    (job,) = config["scrape_configs"]
+    published = {port.split(":")[1] for port in services["streamworker"]["ports"]}
+    assert job["metrics_path"] == "/metrics"
+    assert [f"streamworker:{port}" for port in published] == job["static_configs"][0]["targets"]
+
+    # Grafana gets the dashboard where its provisioning provider looks, and Prometheus as data source.
+    grafana = mounts("grafana")
+    provisioning = grafana["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "streamworker.yaml").read_text())["providers"]
+    dashboards = {c: h for c, h in grafana.items() if c.startswith(provider["options"]["path"] + "/")}
+    assert list(dashboards.values()) == [DEPLOY / "grafana" / "streamworker-dashboard.json"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "prometheus" in services["grafana"]["depends_on"]

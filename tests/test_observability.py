@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamworker import __version__
@@ -335,3 +336,31 @@ def test_run_summaries_from_workers_land_in_the_same_histogram() -> None:
     assert value(found, "streamworker_handler_duration_seconds_sum", trigger="t") == pytest.approx(
         total + 0.0002
     )
+
+
+def test_metrics_speak_openmetrics_to_scrapers_that_ask(
+    served: tuple[HealthServer, MetricsObserver, Clock],
+) -> None:
+    server, observer, clock = served
+    observer.on_snapshot(snapshot(now=clock.now))
+    url = f"http://127.0.0.1:{server.address.port}/metrics"
+    # What Prometheus sends: OpenMetrics first, the classic format as a fallback.
+    accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        content_type, body = response.headers["Content-Type"], response.read().decode()
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith("# EOF\n")
+    families = {family.name: family for family in openmetrics_families(body)}
+    # OpenMetrics names a counter's family without _total; its sample keeps it.
+    events = families["streamworker_events"]
+    assert events.type == "counter"
+    assert any(s.name == "streamworker_events_total" and s.value == 40 for s in events.samples)
+
+    plain = urllib.request.Request(url, headers={"Accept": "text/plain"})
+    with urllib.request.urlopen(plain, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert not response.read().decode().endswith("# EOF\n")

@@ -10,7 +10,7 @@ when the server is created, so a busy port is reported before any worker or cons
 * ``/ready``: 200 once every trigger joined its consumer group and all its workers finished
   ``init_context``, while no partition is stopped by ``onError: stop`` and no stop was requested;
   else 503. Both answer with a JSON body saying why.
-* ``/metrics``: Prometheus text format.
+* ``/metrics``: Prometheus text format, or OpenMetrics when the ``Accept`` header asks for it.
 """
 
 from __future__ import annotations
@@ -195,7 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
                 verdict.body("ready"),
             )
         elif path == "/metrics":
-            status, body, content_type = HTTPStatus.OK, app.observer.render(), METRICS_CONTENT_TYPE
+            # OpenMetrics for scrapers that ask for it (exemplars, _created), else the classic format.
+            body, content_type = app.observer.render_for(self.headers.get("Accept"))
+            status = HTTPStatus.OK
         else:
             status = HTTPStatus.NOT_FOUND
             body = json.dumps({"error": "not found", "paths": ["/live", "/ready", "/metrics"]}).encode()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from streamworker import __version__
@@ -146,6 +147,12 @@ class MetricsObserver:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything this observer knows."""
         return generate_latest(self.registry)
+
+    def render_for(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition a scraper asked for with its ``Accept`` header, and its content type:
+        OpenMetrics when it accepts ``application/openmetrics-text``, else the classic text format."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 def partition_lag(committed: int | None, position: int | None, high_watermark: int | None) -> int | None:
