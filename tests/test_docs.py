@@ -126,3 +126,90 @@ def test_command_prints_the_reference(tmp_path: Path) -> None:
     target = tmp_path / "configuration.md"
     assert main(["--output", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == printed.stdout
+
+
+# --- README: the first screen, the quickstart, and where the long material went ------------------------
+
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def _code_block(section: str) -> list[str]:
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)].splitlines()
+
+
+def test_readme_opens_with_what_it_is_then_the_two_commands_then_the_quickstart() -> None:
+    text = README.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) < 150
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[:3] == ["## The two commands", "## Quickstart", "## Writing a handler"]
+    intro = text[: text.index("\n## ")]
+    assert "Kafka" in intro and "Nuclio" in intro
+    commands = _section(text, "The two commands")
+    assert "make demo" in commands and "make test" in commands
+    quickstart = _section(text, "Quickstart")
+    assert len(quickstart.strip().splitlines()) <= 15
+    block = _code_block(quickstart)
+    for needle in ("pip install", "streamworker init", "pytest", "streamworker validate", "streamworker run"):
+        assert any(line.startswith(needle) or f" {needle}" in line for line in block), needle
+    assert "pip install streamworker\n" not in block  # not published: that line would fail
+
+
+def test_the_quickstart_commands_work(tmp_path: Path) -> None:
+    """Everything of the quickstart but installing and running against a broker, as written."""
+    block = _code_block(_section(README.read_text(encoding="utf-8"), "Quickstart"))
+    steps = [
+        line.split("#")[0].split()
+        for line in block
+        if line.startswith(("streamworker init", "python -m pytest", "streamworker validate"))
+    ]
+    assert [step[:2] for step in steps] == [
+        ["streamworker", "init"],
+        ["python", "-m"],
+        ["streamworker", "validate"],
+    ]
+    for step in steps:
+        command = (
+            [sys.executable, "-m", "streamworker", *step[1:]]
+            if step[0] == "streamworker"
+            else [sys.executable, *step[1:], "-q", "-p", "no:cacheprovider"]
+        )
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(step)}\n{done.stdout}\n{done.stderr}"
+
+
+def test_every_relative_link_in_readme_and_docs_resolves() -> None:
+    checked = 0
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: broken link {target}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_the_long_material_lives_in_docs_and_the_readme_links_it() -> None:
+    readme = README.read_text(encoding="utf-8")
+    expected = {
+        "running.md": ["Exit codes", "spec:", "$STREAMWORKER_CONFIG", "$STREAMWORKER_LOG_LEVEL"],
+        "handlers.md": ["event.body", "HandlerHarness", "from streamworker import", "py.typed"],
+        "record-path.md": ["**Commit**", "**Failure**", "**Rebalance**", "**Unreachable brokers**"],
+        "operations.md": ["/live", "/ready", "streamworker_events_total", "**Dashboard.**", "**Signals.**"],
+        "development.md": ["## Benchmarks", "## Layout", "## The local broker's limits (Tansu)"],
+    }
+    for name, needles in expected.items():
+        assert f"(docs/{name})" in readme, name
+        text = (DOCS / name).read_text(encoding="utf-8")
+        for needle in needles:
+            assert needle in text, f"docs/{name} lacks {needle!r}"
+    # Where the handler types come from is said on the first page.
+    assert "from streamworker import" in readme and "py.typed" in readme

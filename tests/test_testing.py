@@ -412,7 +412,7 @@ def test_load_failures_propagate_and_restore_everything(tmp_path: Path) -> None:
 
 
 def test_the_orders_example(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The example from the README's testing section."""
+    """The example from docs/handlers.md's testing section."""
     monkeypatch.delenv("GREETING", raising=False)
     order = b'{"id": "o-1", "customer": "Ada", "items": [{"price": 2.5, "qty": 2}]}'
     with HandlerHarness(REPO / "examples" / "orders" / "function.yaml") as harness:

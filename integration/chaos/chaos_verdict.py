@@ -63,7 +63,7 @@ ATTRIBUTION_SLACK_S = 0.5
 LAG_OK_S = 1.5
 # A join or leave lasts until the last partition move it caused, at most this long.
 REBALANCE_MAX_S = 15.0
-# Workers exit within a second when their supervisor is SIGKILLed (README); this much is tolerated.
+# Workers exit within a second when their supervisor is SIGKILLed (docs/record-path.md); tolerated.
 ORPHAN_GRACE_S = 1.5
 # A record may start this long after its instance let its partition go (cancelling takes a pipe trip).
 ZOMBIE_GRACE_S = 0.1
