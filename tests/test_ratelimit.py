@@ -59,12 +59,28 @@ def test_limiter_writes_summaries_and_never_holds_back_fatal_errors() -> None:
         limiter.warning("kafka client error", error=CONNECT.format(port=9092, ms=n), code="_TRANSPORT")
     limiter.warning("kafka client error", error="fenced", code="_FENCED", fatal=True)
     limiter.warning("kafka client error", error="fenced", code="_FENCED", fatal=True)
-    assert [message for message, _ in log.lines] == ["librdkafka", "kafka client error", "kafka client error"]
+    # librdkafka's FAIL line is the error callback's failure again: the callback's line (with the
+    # error code) is the one written; then nothing until the summary. Fatal errors always show.
+    assert log.lines == [
+        ("kafka client error", {"error": CONNECT.format(port=9092, ms=0), "code": "_TRANSPORT"}),
+        ("kafka client error", {"error": "fenced", "code": "_FENCED", "fatal": True}),
+        ("kafka client error", {"error": "fenced", "code": "_FENCED", "fatal": True}),
+    ]
     clock.now = 110.0
     limiter.flush()
     message, fields = log.lines[-1]
     assert message == "kafka client messages repeated"
-    assert fields["repeated"] == 99 and fields["last"] == CONNECT.format(port=9092, ms=49)
+    assert fields["repeated"] == 98 and fields["last"] == CONNECT.format(port=9092, ms=49)
+
+
+def test_other_librdkafka_log_lines_are_written_and_limited_like_errors() -> None:
+    log, clock = RecordingLog(), Clock()
+    limiter = RepeatLimiter(log, interval=10.0, clock=clock)
+    line = "REQTMOUT [streamworker-fn-t#consumer-2] [thrd:b:9092/1]: b:9092/1: Timed out 1 in-flight request"
+    for _ in range(3):
+        limiter.warning("librdkafka", detail=line, level_name="warning")
+    limiter.warning("librdkafka", detail=LOG_LINE.format(port=1, ms=0), level_name="error")
+    assert log.lines == [("librdkafka", {"detail": line, "level_name": "warning"})]
 
 
 def test_interval_from_the_environment_and_zero_turns_it_off() -> None:

@@ -1,11 +1,13 @@
 """Keep a broker outage readable: repeated client errors become one line, then a count per interval.
 
-With its brokers unreachable librdkafka reports every failed connect (several per second), once as an
-error callback and once as a log line. ``RepeatLimiter`` writes the first line of each kind, swallows
-the repeats (the error callback and the log line of one failure count as one kind), and writes one
-summary line per kind and interval with how many it swallowed. A kind quiet for a whole interval
-starts over: its next line is written in full. Fatal errors are never held back. The health
-endpoints carry the ongoing state (/ready stays 503 while the group cannot be joined).
+With its brokers unreachable librdkafka reports every failed connect (several per second), once as a
+``FAIL`` log line and once through the error callback (its ``rd_kafka_broker_fail`` does both).
+``RepeatLimiter`` writes the first line of each kind, swallows the repeats, and writes one summary
+line per kind and interval with how many it swallowed. A kind quiet for a whole interval starts over:
+its next line is written in full. A ``FAIL`` log line is never written itself, only counted: the
+error callback's line for the same failure follows it at once and is the one with the error code.
+Fatal errors are never held back. The health endpoints carry the ongoing state (/ready stays 503
+while the group cannot be joined).
 
 The decision (``RepeatCounter``) is pure and takes the time as an argument; ``RepeatLimiter`` wraps
 it around a structlog logger.
@@ -36,6 +38,7 @@ REPEAT_INTERVAL_ENV = "STREAMWORKER_LOG_REPEAT_INTERVAL"
 # librdkafka's log lines start with "FAC [client-id] [thrd:...]: "; the error callback's text is the
 # rest. Digits vary between repeats (ports, "after 3ms", "1/3 brokers"), so they do not make a kind.
 _LIBRDKAFKA_PREFIX = re.compile(r"^[A-Z_]+ \[[^\]]*\] \[thrd:[^\]]*\]: ")
+_LIBRDKAFKA_FAIL = re.compile(r"^FAIL \[[^\]]*\] \[thrd:")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -79,11 +82,17 @@ class RepeatCounter:
                 del self._windows[key]  # quiet for a whole interval: the next one is news again
         return summaries
 
-    def offer(self, text: str, now: float) -> bool:
-        """True: write this message; False: counted towards the next summary of its kind."""
+    def offer(self, text: str, now: float, *, may_write: bool = True) -> bool:
+        """True: write this message; False: counted towards the next summary of its kind.
+
+        ``may_write=False``: a duplicate of a message another source writes; counted while its kind
+        is being summarised, otherwise dropped (the other source's line opens the kind).
+        """
         key = repeat_key(text)
         window = self._windows.get(key)
         if window is None:
+            if not may_write:
+                return False
             self._windows[key] = _Window(started=now, example=text)
             return True
         window.suppressed += 1
@@ -122,13 +131,14 @@ class RepeatLimiter:
 
     def warning(self, message: str, **fields: Any) -> None:
         text = next((str(fields[name]) for name in self.text_fields if name in fields), message)
-        if self.interval <= 0 or fields.get("fatal") is True:
+        if fields.get("fatal") is True or self.interval <= 0:
             self.log.warning(message, **fields)
             return
+        duplicate = "detail" in fields and _LIBRDKAFKA_FAIL.match(text) is not None
         with self._lock:
             now = self.clock()
             summaries = self._counter.due(now)
-            write = self._counter.offer(text, now)
+            write = self._counter.offer(text, now, may_write=not duplicate)
         for summary in summaries:
             self._write_summary(summary)
         if write:
