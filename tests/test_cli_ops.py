@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import platform
 import signal
@@ -480,3 +481,26 @@ def test_unreachable_brokers_log_the_first_error_then_counts(tmp_path: Path) -> 
     assert sum(line["repeated"] for line in summaries) >= len(client), (client, summaries)
     # The health endpoint carries the state while the log stays quiet.
     assert ready is not None and ready[0] == 503, ready
+
+
+def test_help_lists_the_subcommands() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "validate", "init", "version"):
+        assert f"    {command} " in result.stdout, result.stdout
+    assert cli("validate", "--help").stdout.startswith("usage: streamworker validate")
+
+
+def test_console_colours_only_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, coloured in ((Terminal(), True), (io.StringIO(), False)):
+        configure_logging("info", "console", stream=stream)
+        get_logger().warning("look")
+        logging.getLogger("somelib").warning("from a library")
+        text = stream.getvalue()
+        assert "look" in text and "from a library" in text
+        assert ("\x1b[" in text) is coloured, repr(text)
+    configure_logging("info", "json")
