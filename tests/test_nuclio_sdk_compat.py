@@ -122,7 +122,7 @@ def test_info_with_becomes_structured_log_records(harness: HandlerHarness) -> No
         "shard": 4,
         "offset": 17,
         "trigger_kind": "kafka-cluster",
-        "source": "web",
+        "source": b"web",
     }
     # The worker's own fields come along, as in its JSON lines.
     assert (invoked.fields["topic"], invoked.fields["partition"]) == ("events", 4)
