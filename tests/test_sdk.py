@@ -18,6 +18,7 @@ from streamworker.worker.sdk import (
     NO_ACK_HEADER,
     Context,
     Event,
+    FunctionCallsUnavailable,
     Logger,
     Platform,
     QualifiedOffset,
@@ -290,6 +291,37 @@ def test_logger_with_fields_and_event_slot(log_stream: io.StringIO) -> None:
     ts = dt.datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
     assert ts.utcoffset() == dt.timedelta(0)
     assert list(first)[:3] == ["timestamp", "level", "message"]
+
+
+def test_logger_bind_and_reserved_field_names(log_stream: io.StringIO) -> None:
+    logger = Logger(get_logger(worker=1))
+    logger.bind(team="orders", message="bound")  # nuclio-sdk's Logger.bind
+    logger.info_with("with user fields", level="gold", timestamp="then", logger="mine")
+    logger.info("plain")
+    first, second = lines(log_stream)
+    # The line's own level/timestamp/message are kept; the user's values are not lost either.
+    assert (first["level"], first["message"]) == ("info", "with user fields")
+    assert first["timestamp"] != "then"
+    assert (first["_level"], first["_timestamp"], first["_logger"]) == ("gold", "then", "mine")
+    assert (first["team"], first["_message"]) == ("orders", "bound")
+    assert (second["message"], second["team"], second["_message"]) == ("plain", "orders", "bound")
+
+
+def test_platform_call_function_and_namespace_exist_but_calls_fail_clearly() -> None:
+    platform = Platform()
+    assert platform.namespace == "default"
+    with pytest.raises(FunctionCallsUnavailable, match=r"call_function\('other'\) is not available"):
+        platform.call_function("other", Event.create(b"x"))
+
+
+def test_response_takes_nuclio_sdks_positional_order() -> None:
+    response = Response({"h": "1"}, "body", None, 201)
+    assert (response.headers, response.body, response.content_type, response.status_code) == (
+        {"h": "1"},
+        "body",
+        "text/plain",
+        201,
+    )
 
 
 def test_logger_level_filtering() -> None:

@@ -233,6 +233,13 @@ def parse_positive_duration(value: object) -> float:
     return seconds
 
 
+def parse_event_timeout(value: object) -> float | None:
+    """A positive duration; ``""`` means none, as `nuctl export` writes an unset eventTimeout."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_positive_duration(value)
+
+
 def parse_positive_byte_size(value: object) -> int:
     size = parse_byte_size(value)
     if size < 1:
@@ -610,7 +617,7 @@ SPEC = SectionSpec(
         FieldSpec(
             "eventTimeout",
             "event_timeout",
-            parse_positive_duration,
+            parse_event_timeout,
             "Time limit for one handler call; a call that runs longer counts as failed.",
             default_text="none (no limit)",
         ),
