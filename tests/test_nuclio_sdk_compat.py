@@ -481,3 +481,23 @@ def test_nuclio_sdk_is_a_runtime_dependency_and_the_image_installs_it() -> None:
     dockerfile = (root / "Dockerfile").read_text()
     install = next(line for line in dockerfile.splitlines() if "pip install" in line and "/wheels/" in line)
     assert "--no-deps" not in install
+
+
+def test_a_worker_reports_results_before_the_acks_made_after_them(tmp_path: Path) -> None:
+    # A cumulative ack closes the no-ack records before it only if the supervisor already has their
+    # results: an ACKS frame ahead of those RESULTS would find nothing to close (seen on a broker).
+    worker = WorkerHarness(tmp_path, extra_env={"COMPAT_OUT": str(tmp_path / "out.jsonl")})
+    try:
+        worker.start("async_batch:handler", code_dir=NUCLIO_FIXTURES)
+        worker.events(*[wire_event(seq, b"x", offset=10 + seq) for seq in range(3)])
+        reported: list[int] = []
+        while True:
+            kind, payload = worker.next_message(30.0)
+            if kind == Msg.ACKS:
+                assert payload == [["orders", 0, 12]]
+                break
+            assert kind == Msg.RESULTS
+            reported += [result[0] for result in payload]
+        assert reported[:2] == [0, 1], "the no-ack results of offsets 10 and 11 come before the ack of 12"
+    finally:
+        worker.close()
