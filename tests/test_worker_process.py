@@ -333,13 +333,14 @@ def test_init_failed_on_missing_function(harness: WorkerHarness) -> None:
 # -- explicit acks -----------------------------------------------------------------------------------
 
 
-def test_explicit_ack_sent_before_results(harness: WorkerHarness) -> None:
+def test_explicit_ack_sent_after_the_results_before_it(harness: WorkerHarness) -> None:
+    # Results first, so a cumulative ack finds the no-ack records before it already reported.
     harness.start("basic:handler")
     harness.events(wire_event(0, b"ack", partition=2, offset=77))
     kind, payload = harness.next_message()
-    assert kind == Msg.ACKS and payload == [["orders", 2, 77]]
-    kind, payload = harness.next_message()
     assert kind == Msg.RESULTS and statuses(payload) == [(0, NO_ACK)]
+    kind, payload = harness.next_message()
+    assert kind == Msg.ACKS and payload == [["orders", 2, 77]]
 
 
 # -- asyncio -----------------------------------------------------------------------------------------
