@@ -54,7 +54,7 @@ def enc(value):
 def write(kind, context=None, event=None, **extra):
     entry = {"kind": kind, "pid": os.getpid(), "mono": time.monotonic(), "wall": time.time()}
     if context is not None:
-        entry["worker_id"] = context.worker_id
+        entry["worker_id"] = int(context.worker_id)  # a str, as in Nuclio
     if event is not None:
         body = event.body
         ts = event.timestamp
