@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -277,6 +278,12 @@ class ViaWorker:
             self._seq += 1
         self.worker.events(*events)
         results, acks = self.worker.results(len(events), timeout=30.0)
+        # An ack made while a record ran is written after that record's result at the latest, in
+        # the same write (a few bytes, so atomic on a pipe): if not read yet, it is in the pipe now.
+        while self.worker.inbox or select.select([self.worker.from_worker], [], [], 0)[0]:
+            kind, payload = self.worker.next_message(30.0)
+            assert kind == Msg.ACKS, (kind, payload)
+            acks.extend(payload)
         return [self._STATUS[Status(result[1])] for result in results], [tuple(ack) for ack in acks]  # type: ignore[misc]
 
     def drain(self) -> None:
