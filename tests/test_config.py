@@ -1350,6 +1350,15 @@ def test_sasl_enable_false_turns_sasl_off(fn_dir: Path) -> None:
     doc = minimal()
     attributes_of(doc)["sasl"] = {"enable": False, "handshake": True, "mechanism": "PLAIN"}
     assert load(fn_dir, doc).config.triggers[0].attributes.sasl is None
+    # As in Nuclio, a disabled section's values are not used, so empty ones (or unset ${VAR}s) load.
+    attributes_of(doc)["sasl"] = {"enable": "false", "user": "", "password": "${KAFKA_PASSWORD}"}
+    attributes_of(doc)["tls"] = {"enable": False, "caCert": ""}
+    attributes = load(fn_dir, doc).config.triggers[0].attributes
+    assert attributes.sasl is None and attributes.tls is None
+    attributes_of(doc)["sasl"] = {"enable": False, "usr": "x"}
+    assert error_of(fn_dir, doc) == (
+        "function.yaml: spec.triggers.orders.attributes.sasl.usr: unknown key (did you mean 'user'?)"
+    )
 
 
 def test_sasl_oauth_is_librdkafkas_oidc_oauthbearer(fn_dir: Path) -> None:

@@ -428,13 +428,31 @@ def _read_secret_file(path: str, field_path: str, ctx: _Context) -> Secret:
     return Secret(text, source=f"passwordFile {resolved}")
 
 
+def _parse_switched_section(
+    section: SectionSpec, raw: Mapping[object, object], path: str, ctx: _Context
+) -> _Parsed | None:
+    """A sasl/tls section, or None when it says ``enable: false``. Nuclio ignores the values of a
+    disabled section (exports may carry ``user: ""``), so only its keys are checked then."""
+    enable = raw.get("enable")
+    if enable is not None:
+        try:
+            enabled = parse_bool(ctx.expand(enable, f"{path}.enable"))
+        except ValueError as error:
+            raise ctx.error(f"{path}.enable", str(error)) from error
+        if not enabled:
+            unknown = {key: value for key, value in raw.items() if section.field(str(key)) is None}
+            _parse_section(section, {**unknown, "enable": False}, path, ctx)
+            return None
+    return _parse_section(section, raw, path, ctx)
+
+
 def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
     raw = attributes.values["sasl"]
     if raw is None:
         return None
     path = attributes.paths["sasl"]
-    parsed = _parse_section(SASL, raw, path, ctx)
-    if not parsed.values["enable"]:
+    parsed = _parse_switched_section(SASL, raw, path, ctx)
+    if parsed is None or not parsed.values["enable"]:
         return None
     oauth = None
     mechanism = parsed.values["mechanism"]
@@ -506,8 +524,8 @@ def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
         raw = merged
     if raw is None:
         return None
-    parsed = _parse_section(TLS, raw, tls_path, ctx)
-    if not parsed.values["enable"]:
+    parsed = _parse_switched_section(TLS, raw, tls_path, ctx)
+    if parsed is None or not parsed.values["enable"]:
         return None
 
     def material(key: str) -> str | None:
