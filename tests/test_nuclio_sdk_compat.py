@@ -1,8 +1,8 @@
-"""A handler written for Nuclio's Python runtime runs unmodified, in-process through the harness.
+"""A handler written for Nuclio's Python runtime runs unmodified, through a worker and the harness.
 
-nuclio-sdk is a dev dependency, so it is imported outright: a missing package fails this module
-instead of skipping the proof. ``integration/test_nuclio_compat.py`` runs the same kind of handler
-through a real broker.
+nuclio-sdk is a runtime dependency of streamworker, so it is imported outright: a missing package
+fails this module instead of skipping the proof. ``integration/test_nuclio_compat.py`` runs the
+same kind of handler through a real broker.
 """
 
 from __future__ import annotations
