@@ -23,6 +23,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     STREAMWORKER_HEALTH_ADDR=0.0.0.0:8082
 COPY --from=build /wheels /wheels
+# pip resolves the wheel's dependencies here, nuclio-sdk included (handlers `import nuclio_sdk`).
 RUN pip install --no-cache-dir /wheels/*.whl \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin streamworker

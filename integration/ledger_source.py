@@ -13,7 +13,7 @@ def write(kind, context, event, **fields):
     entry = {
         "kind": kind,
         "pid": os.getpid(),
-        "worker_id": context.worker_id,
+        "worker_id": int(context.worker_id),  # a str, as in Nuclio
         "partition": event.partition,
         "offset": event.offset,
         "key": event.key,

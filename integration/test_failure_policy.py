@@ -74,7 +74,7 @@ def write(kind, context, event, **fields):
         "instance": INSTANCE,
         "trigger": context.trigger.name,
         "pid": os.getpid(),
-        "worker_id": context.worker_id,
+        "worker_id": int(context.worker_id),  # a str, as in Nuclio
         "mono": time.monotonic(),
         "wall": time.time(),
         "topic": event.topic,
@@ -967,6 +967,9 @@ def test_explicit_acks_in_enable_and_explicit_only_modes(
             workers=2,
             mode=mode,
             ack_mode=ack_mode,
+            # Each record acks only itself here; Nuclio's cumulative scope (the default) is proven by
+            # integration/test_nuclio_compat.py.
+            attributes={"explicitAckScope": "record"},
         )
         for name, (ack_mode, mode, topic, group) in setups.items()
     }
@@ -1055,6 +1058,7 @@ def test_unacked_records_are_redelivered_after_a_restart(
         profile=quick_profile,
         workers=2,
         ack_mode="explicitOnly",
+        attributes={"explicitAckScope": "record"},  # records 3 and 5 ack only themselves
     )
     config = function_dir(HANDLER, function_config({"orders": trigger}, {"LEDGER": str(ledger)}))
     first = streamworker_process(config, env={"INSTANCE": "first"})

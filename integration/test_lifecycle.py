@@ -61,7 +61,7 @@ def write(kind, context, **fields):
         "kind": kind,
         "instance": INSTANCE,
         "pid": os.getpid(),
-        "worker_id": context.worker_id,
+        "worker_id": int(context.worker_id),  # a str, as in Nuclio
         "wall": time.time(),
         **fields,
     }

@@ -71,7 +71,8 @@ T = TypeVar("T")
 
 HeaderValue = str | bytes | None
 Headers = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
-# An aware datetime, epoch milliseconds (negative: the record has no timestamp), or None for "now".
+# A datetime (aware, or naive meaning UTC), epoch milliseconds (negative: the record has no
+# timestamp), or None for "now".
 Timestamp = _dt.datetime | int | None
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -204,8 +205,8 @@ def _timestamp_ms(timestamp: Timestamp) -> int:
     if timestamp is None:
         return time.time_ns() // 1_000_000
     if isinstance(timestamp, _dt.datetime):
-        if timestamp.tzinfo is None:
-            raise ValueError("timestamp must be timezone-aware (e.g. datetime(..., tzinfo=UTC))")
+        if timestamp.tzinfo is None:  # naive means UTC, as in event.timestamp (Nuclio's convention)
+            timestamp = timestamp.replace(tzinfo=_dt.UTC)
         return (timestamp - _EPOCH) // _ONE_MS
     if isinstance(timestamp, int) and not isinstance(timestamp, bool):
         return timestamp
@@ -255,7 +256,7 @@ class HandlerHarness:
             self.config: FunctionConfig = loaded.config
             self.warnings: tuple[str, ...] = loaded.warnings
             self.trigger: TriggerConfig = _pick_trigger(self.config, trigger)
-            self._environment.apply({**self.config.env, **extra_env})
+            self._environment.apply({**self.config.nuclio_env, **self.config.env, **extra_env})
             self.decode_strings = decode_strings_from_env(os.environ)
             self._trigger_info = TriggerInfo(kind=self.trigger.kind, name=self.trigger.name)
             self.context = Context(

@@ -31,6 +31,7 @@ from streamworker.config import (
 )
 from streamworker.config.durations import parse_byte_size
 from streamworker.config.loader import expand_references
+from streamworker.config.model import ExplicitAckMode
 from streamworker.config.schema import ATTRIBUTES, SPEC, TRIGGER
 
 RUNNING = f"python:{sys.version_info.major}.{sys.version_info.minor}"
@@ -464,7 +465,9 @@ def test_ignored_nuclio_keys_warn(fn_dir: Path, section_path: str, key: str) -> 
     target[key] = {"anything": "${UNSET}"}
     loaded = load(fn_dir, doc)
     where = f"{section_path.replace('<name>', 'orders')}.{key}" if section_path else key
-    assert loaded.warnings == (f"function.yaml: {where}: ignored by streamworker",)
+    # One warning naming the key (some add why it has no effect, or what to use instead).
+    assert len(loaded.warnings) == 1
+    assert loaded.warnings[0].startswith(f"function.yaml: {where}: ignored by streamworker")
 
 
 def test_nuctl_export_shape_loads_with_warnings(fn_dir: Path) -> None:
@@ -514,7 +517,7 @@ def test_runtime_mismatch_warns(fn_dir: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("runtime", ["golang", "python:3.8", "python:2.7", "nodejs", "python3.11"])
+@pytest.mark.parametrize("runtime", ["golang", "nodejs", "python3.11", "python:latest"])
 def test_unsupported_runtime(fn_dir: Path, runtime: str) -> None:
     doc = minimal()
     doc["spec"]["runtime"] = runtime
@@ -658,7 +661,10 @@ def _drop(path: str) -> dict[str, Any]:
         ("spec.triggers", "spec.triggers: at least one kafka-cluster trigger is required"),
         ("spec.triggers.orders.kind", "spec.triggers.orders.kind: required"),
         ("spec.triggers.orders.attributes", "spec.triggers.orders.attributes: required"),
-        ("spec.triggers.orders.attributes.brokers", "spec.triggers.orders.attributes.brokers: required"),
+        (
+            "spec.triggers.orders.attributes.brokers",
+            "spec.triggers.orders.attributes.brokers: required (or give the trigger's url, as Nuclio allows)",
+        ),
         ("spec.triggers.orders.attributes.topics", "spec.triggers.orders.attributes.topics: required"),
         (
             "spec.triggers.orders.attributes.consumerGroup",
@@ -734,9 +740,11 @@ def test_unknown_key_without_a_close_match_lists_the_keys(fn_dir: Path) -> None:
     doc = minimal()
     trigger_of(doc)["zzz"] = 1
     assert error_of(fn_dir, doc) == (
-        "function.yaml: spec.triggers.orders.zzz: unknown key (expected one of: kind, name, numWorkers, "
-        "explicitAckMode, workerTerminationTimeout, attributes, class, maxWorkers, annotations, "
-        "workerAvailabilityTimeoutMilliseconds, disable)"
+        "function.yaml: spec.triggers.orders.zzz: unknown key (expected one of: kind, name, disabled, "
+        "numWorkers, maxWorkers, url, explicitAckMode, workerTerminationTimeout, attributes, class, "
+        "annotations, workerAvailabilityTimeoutMilliseconds, workerAllocatorName, batch, "
+        "waitExplicitAckDuringRebalanceTimeout, paths, username, password, secret, partitions, "
+        "total_tasks, max_task_allocation)"
     )
 
 
@@ -744,12 +752,23 @@ def test_unknown_key_without_a_close_match_lists_the_keys(fn_dir: Path) -> None:
     ("key", "section_key"),
     [("caCert", "caCert"), ("accessCertificate", "clientCert"), ("accessKey", "clientKey")],
 )
-def test_nuclio_tls_keys_point_to_the_tls_section(fn_dir: Path, key: str, section_key: str) -> None:
+def test_nuclio_tls_keys_are_the_tls_sections(fn_dir: Path, key: str, section_key: str) -> None:
+    # Nuclio's attribute-level certificates are honoured as the tls section's keys...
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
     doc = minimal()
-    attributes_of(doc)[key] = "-----BEGIN CERTIFICATE-----"
+    attributes_of(doc).update({"tls": {}, key: pem})
+    if section_key != "caCert":  # mutual TLS needs both halves
+        other = "accessKey" if key == "accessCertificate" else "accessCertificate"
+        attributes_of(doc)[other] = pem
+    tls = load(fn_dir, doc).config.triggers[0].attributes.tls
+    assert tls is not None
+    assert {"caCert": tls.ca_cert, "clientCert": tls.client_cert}.get(section_key, pem) == pem
+    # ... so giving one in both places is an error naming the attribute-level key.
+    doc = minimal()
+    attributes_of(doc).update({"tls": {section_key: pem}, key: pem})
     assert error_of(fn_dir, doc) == (
         f"function.yaml: spec.triggers.orders.attributes.{key}: "
-        f"unknown key (use attributes.tls.{section_key})"
+        f"given twice: also spec.triggers.orders.attributes.tls.{section_key}"
     )
 
 
@@ -887,7 +906,6 @@ def test_bad_list_elements_are_pointed_at(fn_dir: Path, value: object, field: st
         "main",
         "main:",
         ":handler",
-        "1main:handler",
         "main:1handler",
         "class:handler",
         "main:handler:extra",
@@ -897,9 +915,15 @@ def test_bad_list_elements_are_pointed_at(fn_dir: Path, value: object, field: st
 )
 def test_malformed_handler(fn_dir: Path, handler: str) -> None:
     assert error_of(fn_dir, _set("spec.handler", handler)) == (
-        'function.yaml: spec.handler: must be "module:function" with dotted Python identifiers '
-        f'(like "main:handler"), got {handler!r}'
+        'function.yaml: spec.handler: must be "module:function" with a dotted module path and a Python '
+        f'identifier (like "main:handler"), got {handler!r}'
     )
+
+
+@pytest.mark.parametrize("handler", ["drain-hook:handler", "jobs.my-fn:handler", "1main:handler"])
+def test_handler_module_names_as_nuclio_accepts_them(fn_dir: Path, handler: str) -> None:
+    # Nuclio's wrapper matches ^([\w|-]+(\.[\w|-]+)*):(\w+)$ and imports with __import__.
+    assert str(load(fn_dir, _set("spec.handler", handler)).config.handler) == handler
 
 
 def test_handler_function_must_be_a_plain_name(fn_dir: Path) -> None:
@@ -1078,6 +1102,7 @@ def test_schema_paths_and_keys() -> None:
         "spec.triggers.<name>",
         "spec.triggers.<name>.attributes",
         "spec.triggers.<name>.attributes.sasl",
+        "spec.triggers.<name>.attributes.sasl.oauth",
         "spec.triggers.<name>.attributes.tls",
     }
     for section in iter_sections():
@@ -1088,7 +1113,9 @@ def test_schema_paths_and_keys() -> None:
 
 def test_attribute_table_covers_the_model() -> None:
     model_fields = {model_field.name for model_field in dataclasses.fields(KafkaAttributes)}
-    assert {spec.attr for spec in ATTRIBUTES.fields} == model_fields
+    # Nuclio-only attributes (fetch sizes, attribute-level certificates) have no model field: the
+    # loader folds them into librdkafka and tls.
+    assert {spec.attr for spec in ATTRIBUTES.fields if spec.attr} == model_fields
     trigger_fields = {model_field.name for model_field in dataclasses.fields(TriggerConfig)}
     assert {spec.attr for spec in TRIGGER.fields if spec.attr} | {"name"} == trigger_fields
     function_fields = {model_field.name for model_field in dataclasses.fields(FunctionConfig)}
@@ -1098,7 +1125,7 @@ def test_attribute_table_covers_the_model() -> None:
 def test_printed_defaults_parse_back_to_the_model_defaults() -> None:
     defaults = KafkaAttributes(brokers=("b:1",), topics=("t",), consumer_group="g")
     for spec in ATTRIBUTES.fields:
-        if spec.required:
+        if spec.required or spec.attr is None or spec.key == "brokers":  # brokers: required unless url
             continue
         model_default = getattr(defaults, spec.attr or "")
         assert spec.default == model_default, spec.key
@@ -1118,6 +1145,8 @@ def test_enum_fields_list_their_choices() -> None:
         "balanceStrategy": ("range", "roundrobin", "cooperative-sticky"),
         "groupProtocol": ("classic", "consumer"),
         "onError": ("deadletter", "stop", "skip"),
+        "explicitAckScope": ("cumulative", "record"),
+        "staticMapping": ("assignmentIndex", "partitionId"),
     }
 
 
@@ -1262,3 +1291,206 @@ def test_metadata_name_breaking_the_rule_of_init_is_an_error(fn_dir: Path, name:
     assert error_of(fn_dir, doc) == f"function.yaml: metadata.name: invalid name {name!r}: {NAME_RULE}"
     with pytest.raises(Exception, match="invalid name"):
         validate_name(name)  # init refuses the same names
+
+# --- function.yaml as Nuclio writes it ------------------------------------------------------------
+
+NUCLIO_EXPORT = Path(__file__).parent / "fixtures" / "nuclio" / "function.yaml"
+
+
+def test_nuclio_exported_function_yaml_loads_with_one_warning_per_nuclio_only_key() -> None:
+    loaded = load_config(NUCLIO_EXPORT, environ={"SW_BROKERS": "kafka-0:9092,kafka-1:9092"})
+    warned = [warning.split(": ")[1] for warning in loaded.warnings]
+    for key in (
+        "spec.disableDefaultHTTPTrigger",
+        "spec.securityContext",
+        "spec.envFrom",
+        "spec.serviceAccount",
+        "spec.imagePullSecrets",
+        "spec.dataBindings",
+        "spec.sidecars",
+        "spec.runtime",
+        "spec.triggers.orders.batch",
+        "spec.triggers.orders.waitExplicitAckDuringRebalanceTimeout",
+        "spec.triggers.orders.attributes.maxProcessingTime",
+        "spec.triggers.orders.attributes.rebalanceTimeout",
+        "spec.triggers.orders.attributes.rebalanceRetryBackoff",
+        "spec.triggers.orders.attributes.version",
+        "spec.triggers.orders.attributes.channelBufferSize",
+        "spec.triggers.orders.attributes.sasl.handshake",
+        "spec.triggers.orders.attributes.tls.minimumVersion",
+        "metadata.annotations.nuclio.io/kafka-rebalance-retry-max",
+        "spec.triggers.default-http",
+    ):
+        assert warned.count(key) == 1, key
+    assert len(warned) == len(set(warned)), "one warning per key"
+    config = loaded.config
+    assert config.handler == HandlerRef("drain-hook", "handler")
+    assert config.event_timeout is None  # nuctl export writes eventTimeout: ""
+    (trigger,) = config.triggers  # the disabled http trigger is not run
+    attrs = trigger.attributes
+    assert attrs.brokers == ("kafka-0:9092", "kafka-1:9092")  # from the trigger url
+    assert trigger.num_workers == 2  # from maxWorkers
+    assert trigger.explicit_ack_mode is ExplicitAckMode.ENABLE  # from the annotation
+    assert attrs.worker_allocation_mode is AllocationMode.STATIC  # from the annotation
+    assert (attrs.session_timeout, attrs.heartbeat_interval) == (10.0, 3.0)
+    assert attrs.sasl is None and attrs.tls is None  # enable: false
+    assert attrs.librdkafka == {"fetch.min.bytes": "1", "max.partition.fetch.bytes": "1048576"}
+    assert config.nuclio_env == {
+        "NUCLIO_FUNCTION_NAME": "order-sink",
+        "NUCLIO_FUNCTION_DESCRIPTION": "Orders into the warehouse sink",
+        "NUCLIO_FUNCTION_VERSION": "-1",
+        "NUCLIO_FUNCTION_HANDLER": "drain-hook:handler",
+    }
+
+
+@pytest.mark.parametrize("runtime", ["python:3.8", "python:3.7", "python:2.7", "python:3"])
+def test_old_python_runtimes_warn_and_load(fn_dir: Path, runtime: str) -> None:
+    loaded = load(fn_dir, _set("spec.runtime", runtime))
+    assert loaded.config.runtime == runtime
+    (warning,) = loaded.warnings
+    assert warning.startswith(f"function.yaml: spec.runtime: asks for {runtime} but streamworker runs")
+
+
+def test_trigger_url_is_the_brokers_when_brokers_are_absent(fn_dir: Path) -> None:
+    doc = minimal()
+    trigger_of(doc)["url"] = "kafka:9092"
+    assert load(fn_dir, doc).config.triggers[0].attributes.brokers == ("127.0.0.1:9092",), "brokers win"
+    del attributes_of(doc)["brokers"]
+    assert load(fn_dir, doc).config.triggers[0].attributes.brokers == ("kafka:9092",)
+
+
+def test_max_workers_is_num_workers_unless_num_workers_is_given(fn_dir: Path) -> None:
+    doc = minimal()
+    trigger_of(doc)["maxWorkers"] = 5
+    assert load(fn_dir, doc).config.triggers[0].num_workers == 5
+    trigger_of(doc)["numWorkers"] = 3
+    loaded = load(fn_dir, doc)
+    assert loaded.config.triggers[0].num_workers == 3
+    assert loaded.warnings == (
+        "function.yaml: spec.triggers.orders.maxWorkers: not used: numWorkers is given too",
+    )
+
+
+@pytest.mark.parametrize("key", ["disabled", "disable"])
+def test_a_disabled_trigger_is_not_run(fn_dir: Path, key: str) -> None:
+    doc = minimal()
+    doc["spec"]["triggers"]["other"] = {**trigger_of(doc), key: True}
+    doc["spec"]["triggers"]["http"] = {"kind": "http", key: "true", "attributes": {"port": 8080}}
+    loaded = load(fn_dir, doc)
+    assert [trigger.name for trigger in loaded.config.triggers] == ["orders"]
+    assert "function.yaml: spec.triggers.other: disabled: not run" in loaded.warnings
+    trigger_of(doc)[key] = True
+    assert error_of(fn_dir, doc) == (
+        "function.yaml: spec.triggers: every trigger is disabled; "
+        "at least one kafka-cluster trigger is required"
+    )
+
+
+def test_nuclio_fetch_attributes_become_librdkafka_settings(fn_dir: Path) -> None:
+    doc = minimal()
+    attributes_of(doc).update(
+        {"fetchMin": 10, "fetchDefault": 2048, "fetchMax": 4096, "maxWaitTime": "250ms"}
+    )
+    trigger = load(fn_dir, doc).config.triggers[0]
+    settings = consumer_settings(trigger, "fn")
+    assert (settings["fetch.min.bytes"], settings["max.partition.fetch.bytes"]) == ("10", "2048")
+    assert (settings["fetch.max.bytes"], settings["fetch.wait.max.ms"]) == ("4096", "250")
+    attributes_of(doc)["librdkafka"] = {"fetch.min.bytes": "1"}
+    assert error_of(fn_dir, doc) == (
+        "function.yaml: spec.triggers.orders.attributes.fetchMin: also set as "
+        "attributes.librdkafka.fetch.min.bytes; set it once"
+    )
+
+
+def test_attribute_level_ca_cert_turns_tls_on_as_in_nuclio(fn_dir: Path) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    doc = minimal()
+    attributes_of(doc)["caCert"] = pem
+    settings = consumer_settings(load(fn_dir, doc).config.triggers[0], "fn")
+    assert (settings["security.protocol"], settings["ssl.ca.pem"]) == ("SSL", pem)
+    attributes_of(doc)["tls"] = {"enable": False}
+    assert load(fn_dir, doc).config.triggers[0].attributes.tls is None, "tls.enable: false wins"
+
+
+def test_sasl_enable_false_turns_sasl_off(fn_dir: Path) -> None:
+    doc = minimal()
+    attributes_of(doc)["sasl"] = {"enable": False, "handshake": True, "mechanism": "PLAIN"}
+    assert load(fn_dir, doc).config.triggers[0].attributes.sasl is None
+    # As in Nuclio, a disabled section's values are not used, so empty ones (or unset ${VAR}s) load.
+    attributes_of(doc)["sasl"] = {"enable": "false", "user": "", "password": "${KAFKA_PASSWORD}"}
+    attributes_of(doc)["tls"] = {"enable": False, "caCert": ""}
+    attributes = load(fn_dir, doc).config.triggers[0].attributes
+    assert attributes.sasl is None and attributes.tls is None
+    attributes_of(doc)["sasl"] = {"enable": False, "usr": "x"}
+    assert error_of(fn_dir, doc) == (
+        "function.yaml: spec.triggers.orders.attributes.sasl.usr: unknown key (did you mean 'user'?)"
+    )
+
+
+def test_sasl_oauth_is_librdkafkas_oidc_oauthbearer(fn_dir: Path) -> None:
+    doc = minimal()
+    attributes_of(doc)["sasl"] = {
+        "enable": True,
+        "oauth": {
+            "clientId": "fn",
+            "clientSecret": "${CLIENT_SECRET}",
+            "tokenUrl": "https://idp/token",
+            "scopes": ["kafka", "read"],
+        },
+    }
+    trigger = load(fn_dir, doc, {"CLIENT_SECRET": "s3cr3t"}).config.triggers[0]
+    assert "s3cr3t" not in repr(trigger)
+    settings = consumer_settings(trigger, "fn")
+    assert {key: settings[key] for key in settings if key.startswith(("sasl.", "security."))} == {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "OAUTHBEARER",
+        "sasl.oauthbearer.method": "oidc",
+        "sasl.oauthbearer.client.id": "fn",
+        "sasl.oauthbearer.client.secret": "s3cr3t",
+        "sasl.oauthbearer.token.endpoint.url": "https://idp/token",
+        "sasl.oauthbearer.scope": "kafka read",
+    }
+    attributes_of(doc)["sasl"] = {"mechanism": "OAUTHBEARER"}
+    assert error_of(fn_dir, doc).startswith(
+        "function.yaml: spec.triggers.orders.attributes.sasl.mechanism: "
+        "OAUTHBEARER needs attributes.sasl.oauth"
+    )
+
+
+def test_kafka_annotations_set_attributes_the_trigger_does_not_set(fn_dir: Path) -> None:
+    doc = minimal()
+    doc["metadata"] = {
+        "annotations": {
+            "nuclio.io/kafka-session-timeout": "20s",
+            "nuclio.io/kafka-heartbeat-interval": "5s",
+            "nuclio.io/kafka-fetch-min": "100",
+            "nuclio.io/kafka-explicit-ack-mode": "explicitOnly",
+            "nuclio.io/kafka-sasl-user": "svc",  # without kafka-sasl-enabled SASL stays off, as in Nuclio
+            "nuclio.io/other": "not kafka",
+        }
+    }
+    attributes_of(doc)["heartbeatInterval"] = "4s"
+    trigger_of(doc)["explicitAckMode"] = "enable"
+    loaded = load(fn_dir, doc)
+    trigger = loaded.config.triggers[0]
+    assert trigger.attributes.session_timeout == 20.0
+    assert trigger.attributes.heartbeat_interval == 4.0, "the attribute wins, as in Nuclio"
+    assert trigger.attributes.librdkafka == {"fetch.min.bytes": "100"}
+    assert trigger.explicit_ack_mode is ExplicitAckMode.EXPLICIT_ONLY, "Nuclio lets this annotation win"
+    assert trigger.attributes.sasl is None
+    assert loaded.warnings == (
+        "function.yaml: metadata.annotations.nuclio.io/kafka-heartbeat-interval: not used: "
+        "spec.triggers.orders.attributes.heartbeatInterval is set in the trigger",
+    )
+
+
+def test_a_bad_annotation_value_names_the_annotation(fn_dir: Path) -> None:
+    doc = minimal()
+    doc["metadata"] = {"annotations": {"nuclio.io/kafka-session-timeout": "soon"}}
+    assert error_of(fn_dir, doc).startswith(
+        "function.yaml: metadata.annotations.nuclio.io/kafka-session-timeout: "
+    )
+
+
+def test_empty_event_timeout_means_none(fn_dir: Path) -> None:
+    assert load(fn_dir, _set("spec.eventTimeout", "")).config.event_timeout is None

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
+from streamworker.config.model import (
+    AllocationMode,
+    ExplicitAckMode,
+    ExplicitAckScope,
+    OnError,
+    StaticMapping,
+)
 from streamworker.protocol import (
     F_ATTEMPT,
     F_OFFSET,
@@ -75,6 +81,33 @@ def test_static_mode_maps_partition_to_worker_modulo() -> None:
     batches = d.take_dispatches(0.0)
     assert sorted(p for p, _ in offsets(batches[0])) == [0, 2]
     assert sorted(p for p, _ in offsets(batches[1])) == [1, 3]
+
+
+def test_static_mode_maps_by_index_among_assigned_partitions_as_nuclio() -> None:
+    # Nuclio's StaticWorkerAllocator: the partition's index among this member's partitions of the
+    # topic, mod numWorkers. Partitions 1 and 3 on two workers: index 0 and 1, not 1 and 1.
+    d = make(AllocationMode.STATIC, workers=2)
+    d.assign([(T, 3), (T, 1)])
+    d.add([rec(1, 0), rec(3, 0)])
+    batches = d.take_dispatches(0.0)
+    assert offsets(batches[0]) == [(1, 0)] and offsets(batches[1]) == [(3, 0)]
+
+
+def test_static_mode_partition_id_mapping_is_a_setting() -> None:
+    d = make(AllocationMode.STATIC, workers=2, static_mapping=StaticMapping.PARTITION_ID)
+    d.assign([(T, 3), (T, 1)])
+    d.add([rec(1, 0), rec(3, 0)])
+    batches = d.take_dispatches(0.0)
+    assert list(batches) == [1] and sorted(offsets(batches[1])) == [(1, 0), (3, 0)]
+
+
+def test_static_mode_keeps_the_worker_of_a_partition_kept_through_a_rebalance() -> None:
+    d = make(AllocationMode.STATIC, workers=2)
+    d.assign([(T, 2)])  # index 0 -> worker 0
+    d.assign([(T, 0)])  # cooperative: added later; index among {0, 2} is 0 -> worker 0
+    d.add([rec(0, 0), rec(2, 0)])
+    batches = d.take_dispatches(0.0)
+    assert sorted(offsets(batches[0])) == [(0, 0), (2, 0)]
 
 
 def test_window_limits_queued_events_per_worker() -> None:
@@ -352,6 +385,83 @@ def test_enable_mode_only_no_ack_responses_wait() -> None:
     d.complete(0, [[batch[0][F_SEQ], Status.NO_ACK, 0.0, None, None], *ok(batch[1:])], 0.0)
     assert d.commit_positions() == {(T, 0): 0}
     d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+
+
+def no_ack(events: list[Record]) -> list[list[Any]]:
+    return [[e[F_SEQ], Status.NO_ACK, 0.0, None, None] for e in events]
+
+
+def test_cumulative_ack_closes_every_waiting_record_up_to_the_offset() -> None:
+    # Nuclio's pattern: every record returns no-ack, the function acks only the latest offset.
+    d = make(workers=1, ack_mode=ExplicitAckMode.ENABLE)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(5)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, no_ack(batch), 0.0)
+    assert d.commit_positions() == {(T, 0): 0}
+    assert d.ack(T, 0, 3) is True
+    assert d.commit_positions() == {(T, 0): 4}, "records 0..3 are closed by the ack of 3"
+    d.ack(T, 0, 4)
+    assert d.commit_positions() == {(T, 0): 5}
+
+
+def test_record_scope_ack_closes_only_that_record() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.ENABLE, ack_scope=ExplicitAckScope.RECORD)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(3)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, no_ack(batch), 0.0)
+    d.ack(T, 0, 2)
+    assert d.commit_positions() == {(T, 0): 0}, "0 and 1 still wait for their own acks"
+    d.ack(T, 0, 0)
+    d.ack(T, 0, 1)
+    assert d.commit_positions() == {(T, 0): 3}
+
+
+def test_cumulative_ack_never_closes_a_failed_record() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.ENABLE)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(3)])
+    batch = d.take_dispatches(0.0)[0]
+    results = [*no_ack(batch[:1]), [batch[1][F_SEQ], Status.ERROR, 0.0, "ValueError", "boom"]]
+    results.append([batch[2][F_SEQ], Status.DEFERRED, 0.0, None, None])
+    assert len(d.complete(0, results, 0.0)) == 1
+    d.ack(T, 0, 2)
+    assert d.commit_positions() == {(T, 0): 1}, "record 1 failed: the ack does not skip it"
+    retry = d.take_dispatches(10.0)[0]
+    assert offsets(retry)[0] == (0, 1)
+    d.complete(0, ok(retry), 10.0)  # enable mode: a plain return is an ack of its own
+    assert d.commit_positions() == {(T, 0): 3}
+
+
+def test_cumulative_ack_leaves_running_records_below_it_open() -> None:
+    # Key mode runs keys in parallel: record 0 (key a) may still run when record 1 (key b) is acked.
+    d = make(AllocationMode.KEY, workers=2, ack_mode=ExplicitAckMode.ENABLE)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, key=b"a"), rec(0, 1, key=b"b")])
+    batches = d.take_dispatches(0.0)
+    by_offset = {e[F_OFFSET]: (wid, e) for wid, events in batches.items() for e in events}
+    wid_b, record_b = by_offset[1]
+    d.complete(wid_b, no_ack([record_b]), 0.0)
+    d.ack(T, 0, 1)
+    assert d.commit_positions() == {(T, 0): 0}, "record 0 is still running"
+    wid_a, record_a = by_offset[0]
+    d.complete(wid_a, no_ack([record_a]), 0.0)
+    assert d.commit_positions() == {(T, 0): 0}, "the earlier ack did not close record 0 for later"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+
+
+def test_cumulative_ack_of_the_running_record_closes_it_when_it_returns() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, ok(batch[:1]), 0.0)
+    d.ack(T, 0, 1)  # the handler of record 1 acks its own event before returning
+    assert d.commit_positions() == {(T, 0): 1}
+    d.complete(0, ok(batch[1:]), 0.0)
     assert d.commit_positions() == {(T, 0): 2}
 
 

@@ -18,6 +18,7 @@ from streamworker.worker.sdk import (
     NO_ACK_HEADER,
     Context,
     Event,
+    FunctionCallsUnavailable,
     Logger,
     Platform,
     QualifiedOffset,
@@ -59,7 +60,8 @@ def test_event_fields_decoded() -> None:
     event = make()
     assert event.body == b'{"a": 1}'
     assert event.key == "user-1"
-    assert event.headers == {"Content-Type": "application/json", "trace": "abc"}
+    # Header values are bytes, as Nuclio sends them (msgpack bin); names are decoded.
+    assert event.headers == {"Content-Type": b"application/json", "trace": b"abc"}
     assert event.topic == "orders"
     assert event.path == "orders"
     assert event.partition == 3
@@ -77,18 +79,20 @@ def test_event_fields_decoded() -> None:
 def test_event_decode_off_keeps_bytes() -> None:
     event = make(decode=False)
     assert event.key == b"user-1"
-    assert event.headers == {"Content-Type": b"application/json", "trace": b"abc"}
+    # As in Nuclio's raw msgpack mode: header names, topic and path are bytes too.
+    assert event.headers == {b"Content-Type": b"application/json", b"trace": b"abc"}
+    assert event.get_header("content-type") == event.get_header(b"CONTENT-TYPE") == b"application/json"
     assert event.content_type == b"application/json"
     assert event.path == b"orders"
     assert event.method == b""
-    assert event.topic == "orders"  # always str, like the id
+    assert event.topic == b"orders"
     assert event.id == "orders/3/42"
 
 
 def test_invalid_utf8_stays_bytes_and_never_raises() -> None:
     event = make(key=b"\xff\xfe", headers=[["bin", b"\xc3\x28"], ["ok", b"fine"]])
     assert event.key == b"\xff\xfe"
-    assert event.headers == {"bin": b"\xc3\x28", "ok": "fine"}
+    assert event.headers == {"bin": b"\xc3\x28", "ok": b"fine"}
     assert event.get_header("BIN") == b"\xc3\x28"
 
 
@@ -112,33 +116,47 @@ def test_no_headers() -> None:
 
 def test_duplicate_headers_last_wins_all_kept_in_list() -> None:
     event = make(headers=[["h", b"1"], ["other", b"x"], ["h", b"2"], ["H", b"3"]])
-    assert event.headers["h"] == "2"
-    assert event.header_list == [("h", "1"), ("other", "x"), ("h", "2"), ("H", "3")]
-    assert event.get_header("h") == "3"  # case-insensitive, last one wins
+    assert event.headers["h"] == b"2"
+    assert event.header_list == [("h", b"1"), ("other", b"x"), ("h", b"2"), ("H", b"3")]
+    assert event.get_header("h") == b"3"  # case-insensitive, last one wins
 
 
 def test_content_type_header_is_case_insensitive() -> None:
     assert make(headers=[["CONTENT-TYPE", b"text/csv"]]).content_type == "text/csv"
-    assert make(headers=[["content-type", b"a/b"]]).get_header("Content-Type") == "a/b"
+    assert make(headers=[["content-type", b"a/b"]]).get_header("Content-Type") == b"a/b"
 
 
-def test_timestamp_is_aware_utc_with_ms_precision() -> None:
+def test_timestamp_is_naive_utc_with_ms_precision() -> None:
     ts = make(timestamp_ms=1_700_000_000_123).timestamp
-    assert ts == dt.datetime(2023, 11, 14, 22, 13, 20, 123_000, tzinfo=dt.UTC)
-    assert ts is not None and ts.utcoffset() == dt.timedelta(0)
+    # Naive UTC, as Nuclio's utcfromtimestamp gives it, but keeping the milliseconds.
+    assert ts == dt.datetime(2023, 11, 14, 22, 13, 20, 123_000)
+    assert ts is not None and ts.tzinfo is None
+    assert ts < dt.datetime.now(dt.UTC).replace(tzinfo=None)  # what datetime.utcnow() returns
     assert make(timestamp_ms=None).timestamp is None
     assert make(timestamp_ms=-1).timestamp is None
 
 
-def test_event_uses_slots() -> None:
-    event = make()
-    with pytest.raises(AttributeError):
-        event.anything = 1  # type: ignore[attr-defined]
+def test_event_is_mutable_like_nuclios() -> None:
+    event = make(headers=[["X-Trace", b"abc"]])
+    event.body = json.loads(event.body)
+    event.anything = 1  # type: ignore[attr-defined]
+    assert event.body == {"a": 1} and event.anything == 1  # type: ignore[attr-defined]
+    # The other fields keep their values after the first assignment.
+    assert (event.topic, event.offset, event.key, event.get_header("x-trace")) == (
+        "orders",
+        42,
+        "user-1",
+        b"abc",
+    )
+    event.headers = {"Replaced": b"yes"}
+    assert event.get_header("replaced") == b"yes" and event.get_header("x-trace") is None
+    event.offset = 7
+    assert event.offset == 7
 
 
 def test_event_create_for_handler_unit_tests() -> None:
     event = Event.create(b"x", key=b"k", headers={"a": b"b"}, topic="t", partition=2, offset=9)
-    assert (event.body, event.key, event.headers, event.id) == (b"x", "k", {"a": "b"}, "t/2/9")
+    assert (event.body, event.key, event.headers, event.id) == (b"x", "k", {"a": b"b"}, "t/2/9")
 
 
 @pytest.mark.parametrize(
@@ -167,7 +185,7 @@ def test_response_ensure_no_ack() -> None:
     response = Response(body="x")
     assert not is_no_ack(response)
     response.ensure_no_ack()
-    assert response.headers[NO_ACK_HEADER] == "true"
+    assert response.headers[NO_ACK_HEADER] is True  # what nuclio-sdk sets
     assert is_no_ack(response)
     assert response.status_code == 200 and response.content_type == "text/plain"
 
@@ -232,7 +250,7 @@ def test_context_user_data_is_free_attribute_bag() -> None:
     )
     context.user_data.db = "conn"
     assert context.user_data.db == "conn"
-    assert (context.worker_id, context.function_name, context.trigger.kind) == (2, "f", "kafka-cluster")
+    assert (context.worker_id, context.function_name, context.trigger.kind) == ("2", "f", "kafka-cluster")
 
 
 # -- Logger ----------------------------------------------------------------------------------------
@@ -273,6 +291,37 @@ def test_logger_with_fields_and_event_slot(log_stream: io.StringIO) -> None:
     ts = dt.datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
     assert ts.utcoffset() == dt.timedelta(0)
     assert list(first)[:3] == ["timestamp", "level", "message"]
+
+
+def test_logger_bind_and_reserved_field_names(log_stream: io.StringIO) -> None:
+    logger = Logger(get_logger(worker=1))
+    logger.bind(team="orders", message="bound")  # nuclio-sdk's Logger.bind
+    logger.info_with("with user fields", level="gold", timestamp="then", logger="mine")
+    logger.info("plain")
+    first, second = lines(log_stream)
+    # The line's own level/timestamp/message are kept; the user's values are not lost either.
+    assert (first["level"], first["message"]) == ("info", "with user fields")
+    assert first["timestamp"] != "then"
+    assert (first["_level"], first["_timestamp"], first["_logger"]) == ("gold", "then", "mine")
+    assert (first["team"], first["_message"]) == ("orders", "bound")
+    assert (second["message"], second["team"], second["_message"]) == ("plain", "orders", "bound")
+
+
+def test_platform_call_function_and_namespace_exist_but_calls_fail_clearly() -> None:
+    platform = Platform()
+    assert platform.namespace == "default"
+    with pytest.raises(FunctionCallsUnavailable, match=r"call_function\('other'\) is not available"):
+        platform.call_function("other", Event.create(b"x"))
+
+
+def test_response_takes_nuclio_sdks_positional_order() -> None:
+    response = Response({"h": "1"}, "body", None, 201)
+    assert (response.headers, response.body, response.content_type, response.status_code) == (
+        {"h": "1"},
+        "body",
+        "text/plain",
+        201,
+    )
 
 
 def test_logger_level_filtering() -> None:

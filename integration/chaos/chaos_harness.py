@@ -67,7 +67,7 @@ def first_time(name):
 def handler(context, event):
     body = json.loads(event.body)
     fields = {
-        "worker": context.worker_id,
+        "worker": int(context.worker_id),  # a str, as in Nuclio
         "topic": event.topic,
         "p": event.partition,
         "o": event.offset,

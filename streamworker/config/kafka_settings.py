@@ -66,12 +66,29 @@ def is_sensitive_setting(key: str) -> bool:
 
 
 def sasl_settings(sasl: SaslSettings) -> dict[str, str]:
-    """librdkafka's SASL properties for ``attributes.sasl`` (the password is revealed only here)."""
-    return {
-        "sasl.mechanism": sasl.mechanism.value,
-        "sasl.username": sasl.user,
-        "sasl.password": sasl.password.reveal(),
-    }
+    """librdkafka's SASL properties for ``attributes.sasl`` (secrets are revealed only here).
+
+    ``sasl.oauth`` (Nuclio's OAuth client credentials) becomes librdkafka's built-in OIDC token
+    retrieval: OAUTHBEARER with ``sasl.oauthbearer.method=oidc``.
+    """
+    settings = {"sasl.mechanism": sasl.mechanism.value}
+    if sasl.oauth is not None:
+        oauth = sasl.oauth
+        settings.update(
+            {
+                "sasl.oauthbearer.method": "oidc",
+                "sasl.oauthbearer.client.id": oauth.client_id,
+                "sasl.oauthbearer.client.secret": oauth.client_secret.reveal(),
+                "sasl.oauthbearer.token.endpoint.url": oauth.token_url,
+            }
+        )
+        if oauth.scopes:
+            settings["sasl.oauthbearer.scope"] = " ".join(oauth.scopes)
+    if sasl.user is not None:
+        settings["sasl.username"] = sasl.user
+    if sasl.password is not None:
+        settings["sasl.password"] = sasl.password.reveal()
+    return settings
 
 
 def tls_settings(tls: TlsSettings) -> dict[str, str]:
@@ -109,7 +126,18 @@ def security_settings(attrs: KafkaAttributes) -> dict[str, str]:
 
 
 # Properties the sasl / tls sections own once enabled; attributes.librdkafka may not set them too.
-SASL_OWNED = ("security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password")
+SASL_OWNED = (
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.scope",
+)
 TLS_OWNED = (
     "security.protocol",
     "ssl.ca.location",

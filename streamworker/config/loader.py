@@ -23,7 +23,9 @@ from .kafka_settings import SASL_OWNED, TLS_OWNED
 from .model import (
     FunctionConfig,
     KafkaAttributes,
+    OAuthSettings,
     OnError,
+    SaslMechanism,
     SaslSettings,
     Secret,
     TlsSettings,
@@ -31,8 +33,11 @@ from .model import (
     is_pem,
 )
 from .schema import (
+    ANNOTATIONS_THAT_WIN,
     ATTRIBUTES,
+    KAFKA_ANNOTATIONS,
     METADATA,
+    OAUTH,
     ROOT,
     SASL,
     SPEC,
@@ -42,6 +47,7 @@ from .schema import (
     FieldError,
     SectionSpec,
     got,
+    parse_bool,
     parse_trigger_kind,
     runtime_mismatch,
     suggest,
@@ -212,9 +218,18 @@ class _Context:
     environ: Mapping[str, str]
     warnings: list[str] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)
+    # Field path -> where its value was really written (a metadata annotation, an attribute-level
+    # certificate), so that errors and warnings point at the line the user wrote.
+    written_at: dict[str, str] = field(default_factory=dict)
+
+    def _where(self, field_path: str) -> str:
+        for path, origin in self.written_at.items():
+            if field_path == path or field_path.startswith(path + "[") or field_path.startswith(path + "."):
+                return origin + field_path[len(path) :]
+        return field_path
 
     def error(self, field_path: str | None, problem: str) -> ConfigError:
-        return ConfigError(self.file, field_path, problem)
+        return ConfigError(self.file, None if field_path is None else self._where(field_path), problem)
 
     def report(self, field_path: str | None, problem: str) -> None:
         """Record a problem and carry on, so that one run finds every mistake in the file."""
@@ -231,7 +246,7 @@ class _Context:
         return None
 
     def warn(self, field_path: str, message: str) -> None:
-        self.warnings.append(f"{self.file}: {field_path}: {message}")
+        self.warnings.append(f"{self.file}: {self._where(field_path)}: {message}")
 
     def expand(self, value: object, path: str) -> object:
         """Expand ``${VAR}`` in every string inside ``value``; errors name the innermost field."""
@@ -276,7 +291,7 @@ def _parse_section(section: SectionSpec, raw: Mapping[object, object], path: str
         elif section.field(key) is not None:
             present[key] = (raw_key, value)
         elif key in section.ignored:
-            ctx.warn(_join(path, raw_key), "ignored by streamworker")
+            ctx.warn(_join(path, raw_key), section.ignored_warning(key))
         else:
             ctx.report(_join(path, raw_key), section.unknown_key_problem(raw_key))
             guess = suggest(raw_key, [spec.key for spec in section.fields])
@@ -334,12 +349,68 @@ def _check_order(parsed: _Parsed, ctx: _Context, low_key: str, high_key: str, *,
     raise ctx.error(parsed.paths[high_key], problem)
 
 
-def _parse_trigger(name: object, raw: object, ctx: _Context) -> TriggerConfig:
-    if not isinstance(name, str) or not name.strip():
-        raise ctx.error("spec.triggers", f"trigger names must be non-empty strings, {got(name)}")
+# Nuclio's fetch attributes and the librdkafka property each one sets (sarama's Consumer.Fetch.*
+# and Consumer.MaxWaitTime have these librdkafka equivalents).
+_FETCH_SETTINGS = (
+    ("fetchMin", "fetch.min.bytes"),
+    ("fetchDefault", "max.partition.fetch.bytes"),
+    ("fetchMax", "fetch.max.bytes"),
+    ("maxWaitTime", "fetch.wait.max.ms"),
+)
+
+
+def _is_given(raw: Mapping[object, object], key: str, aliases: tuple[tuple[str, str], ...] = ()) -> bool:
+    names = {key} | {alias for alias, target in aliases if target == key}
+    return any(raw.get(name) is not None for name in names)
+
+
+def _apply_annotations(
+    raw: Mapping[object, object], annotations: Mapping[str, str], path: str, ctx: _Context
+) -> Mapping[object, object]:
+    """The trigger with Nuclio's ``nuclio.io/kafka-*`` annotations filled in where the trigger does
+    not set the key itself (Nuclio decodes the attributes over the annotation values)."""
+    if not annotations:
+        return raw
+    trigger: dict[object, object] = dict(raw)
+    for annotation, target in KAFKA_ANNOTATIONS:
+        if annotation not in annotations:
+            continue
+        value: object = annotations[annotation]
+        *sections, key = target.split(".")
+        node = trigger
+        for name in sections:
+            child = node.get(name)
+            if not isinstance(child, Mapping):
+                # A section made only from annotations: off unless an annotation enables it, as
+                # Nuclio's sasl.enable / tls.enable default to false.
+                child = {"enable": False} if name in ("sasl", "tls") else {}
+            node[name] = child = dict(child)
+            node = child
+        aliases = TRIGGER.aliases if not sections else ()
+        wins = annotation in ANNOTATIONS_THAT_WIN and str(value).strip().lower() in ("enable", "explicitonly")
+        if _is_given(node, key, aliases) and not wins:
+            ctx.warn(f"metadata.annotations.{annotation}", f"not used: {path}.{target} is set in the trigger")
+            continue
+        node[key] = value
+        ctx.written_at[f"{path}.{target}"] = f"metadata.annotations.{annotation}"
+    return trigger
+
+
+def _trigger_disabled(name: str, raw: Mapping[object, object], ctx: _Context) -> bool:
+    for key in ("disabled", "disable"):
+        value = raw.get(key)
+        if value is not None:
+            try:
+                return parse_bool(ctx.expand(value, f"spec.triggers.{name}.{key}"))
+            except ValueError as error:
+                raise ctx.error(f"spec.triggers.{name}.{key}", str(error)) from error
+    return False
+
+
+def _parse_trigger(
+    name: str, raw: Mapping[object, object], annotations: Mapping[str, str], ctx: _Context
+) -> TriggerConfig:
     path = f"spec.triggers.{name}"
-    if not isinstance(raw, Mapping):
-        raise ctx.error(path, f"must be a mapping, {got(raw)}")
     # Check the kind first: for an http trigger, "unsupported kind" is the real news, not its
     # http-only keys being unknown.
     if raw.get("kind") is not None:
@@ -348,25 +419,52 @@ def _parse_trigger(name: object, raw: object, ctx: _Context) -> TriggerConfig:
         except ValueError as error:
             raise ctx.error(f"{path}.kind", str(error)) from error
 
+    raw = _apply_annotations(raw, annotations, path, ctx)
     trigger = _parse_section(TRIGGER, raw, path, ctx)
     written_name = trigger.values["name"]
     if written_name is not None and written_name != name:
         ctx.warn(
             trigger.paths["name"], f"'{written_name}' differs from the key; the trigger is called '{name}'"
         )
+    max_workers = trigger.values["maxWorkers"]
+    if max_workers is not None:
+        if "numWorkers" not in trigger.given:
+            trigger.values["numWorkers"] = max_workers
+        elif max_workers != trigger.values["numWorkers"]:
+            ctx.warn(trigger.paths["maxWorkers"], "not used: numWorkers is given too")
 
     raw_attributes = trigger.values["attributes"]
     if not isinstance(raw_attributes, Mapping):  # missing or not a mapping: already reported
         raise _SectionInvalid()
+    # Reported before the attributes' own problems, in the order their keys are listed.
+    no_brokers = trigger.values["url"] is None and not _is_given(raw_attributes, "brokers")
+    if no_brokers:
+        problem = "required (or give the trigger's url, as Nuclio allows)"
+        ctx.report(_join(trigger.paths["attributes"], "brokers"), problem)
     attributes = _parse_section(ATTRIBUTES, raw_attributes, trigger.paths["attributes"], ctx)
     trigger.check()
     attributes.check()
+    if no_brokers:
+        raise _SectionInvalid()
+    if attributes.values["brokers"] is None:
+        attributes.values["brokers"] = trigger.values["url"]
     # librdkafka accepts a heartbeat interval at or above the session timeout, and the member then
     # keeps timing out of its group; catch it here.
     ctx.attempt(lambda: _check_order(attributes, ctx, "heartbeatInterval", "sessionTimeout", strict=True))
     ctx.attempt(lambda: _check_order(attributes, ctx, "retryBackoff", "retryMaxBackoff", strict=False))
     if attributes.values["onError"] is OnError.DEADLETTER and not attributes.values["deadLetterTopic"]:
         ctx.report(attributes.paths["onError"], "deadletter needs attributes.deadLetterTopic")
+
+    librdkafka = dict(attributes.values["librdkafka"])
+    for key, setting in _FETCH_SETTINGS:
+        value = attributes.values[key]
+        if value is None:
+            continue
+        if setting in librdkafka:
+            ctx.report(attributes.paths[key], f"also set as attributes.librdkafka.{setting}; set it once")
+            continue
+        librdkafka[setting] = str(round(value * 1000)) if key == "maxWaitTime" else str(value)
+    attributes.values["librdkafka"] = librdkafka
 
     errors_before = len(ctx.errors)
     sasl = ctx.attempt(lambda: _parse_sasl(attributes, ctx))
@@ -416,15 +514,57 @@ def _read_secret_file(path: str, field_path: str, ctx: _Context) -> Secret:
     return Secret(text, source=f"passwordFile {resolved}")
 
 
+def _parse_switched_section(
+    section: SectionSpec, raw: Mapping[object, object], path: str, ctx: _Context
+) -> _Parsed | None:
+    """A sasl/tls section, or None when it says ``enable: false``. Nuclio ignores the values of a
+    disabled section (exports may carry ``user: ""``), so only its keys are checked then."""
+    enable = raw.get("enable")
+    if enable is not None:
+        try:
+            enabled = parse_bool(ctx.expand(enable, f"{path}.enable"))
+        except ValueError as error:
+            raise ctx.error(f"{path}.enable", str(error)) from error
+        if not enabled:
+            unknown = {key: value for key, value in raw.items() if section.field(str(key)) is None}
+            _parse_section(section, {**unknown, "enable": False}, path, ctx)
+            return None
+    return _parse_section(section, raw, path, ctx)
+
+
 def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
     raw = attributes.values["sasl"]
     if raw is None:
         return None
     path = attributes.paths["sasl"]
-    parsed = _parse_section(SASL, raw, path, ctx)
+    parsed = _parse_switched_section(SASL, raw, path, ctx)
+    if parsed is None:
+        return None
     parsed.check()
     if not parsed.values["enable"]:
         return None
+    oauth = None
+    mechanism = parsed.values["mechanism"]
+    if parsed.values["oauth"] is not None:
+        oauth_parsed = _parse_section(OAUTH, parsed.values["oauth"], parsed.paths["oauth"], ctx)
+        oauth = OAuthSettings(
+            client_id=oauth_parsed.values["clientId"],
+            client_secret=Secret(oauth_parsed.values["clientSecret"], source="sasl.oauth.clientSecret"),
+            token_url=oauth_parsed.values["tokenUrl"],
+            scopes=oauth_parsed.values["scopes"],
+        )
+        if "mechanism" not in parsed.given:
+            mechanism = SaslMechanism.OAUTHBEARER
+        elif mechanism is not SaslMechanism.OAUTHBEARER:
+            raise ctx.error(parsed.paths["oauth"], f"needs mechanism OAUTHBEARER, not {mechanism.value}")
+    elif mechanism is SaslMechanism.OAUTHBEARER:
+        raise ctx.error(
+            parsed.paths["mechanism"],
+            "OAUTHBEARER needs attributes.sasl.oauth (clientId, clientSecret, tokenUrl); other "
+            "OAUTHBEARER setups go in attributes.librdkafka without a sasl section",
+        )
+    if oauth is not None and parsed.values["user"] is None:
+        return SaslSettings(mechanism=mechanism, user=None, password=None, oauth=oauth)
     if parsed.values["user"] is None:
         raise ctx.error(parsed.paths["user"], "required when SASL is enabled")
     password, password_file = parsed.values["password"], parsed.values["passwordFile"]
@@ -444,7 +584,7 @@ def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
                 "written inline in function.yaml; prefer a ${VAR} reference or passwordFile",
             )
             secret = Secret(password, source="inline")
-    return SaslSettings(mechanism=parsed.values["mechanism"], user=parsed.values["user"], password=secret)
+    return SaslSettings(mechanism=mechanism, user=parsed.values["user"], password=secret, oauth=oauth)
 
 
 def _written_key(parsed: _Parsed, key: str) -> str:
@@ -452,11 +592,30 @@ def _written_key(parsed: _Parsed, key: str) -> str:
     return parsed.paths[key].rsplit(".", 1)[-1]
 
 
+# Nuclio's attribute-level TLS material and the tls key each one is.
+_NUCLIO_TLS_KEYS = (("caCert", "caCert"), ("accessCertificate", "clientCert"), ("accessKey", "clientKey"))
+
+
 def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
     raw = attributes.values["tls"]
+    tls_path = attributes.paths["tls"]
+    legacy = {tls_key: attributes.values[nuclio] for nuclio, tls_key in _NUCLIO_TLS_KEYS}
+    if any(value is not None for value in legacy.values()):
+        # As in Nuclio, a CA certificate at the attributes level turns TLS on by itself.
+        merged: dict[object, object] = {"enable": legacy["caCert"] is not None} if raw is None else dict(raw)
+        for nuclio, tls_key in _NUCLIO_TLS_KEYS:
+            if legacy[tls_key] is None:
+                continue
+            if merged.get(tls_key) is not None:
+                raise ctx.error(attributes.paths[nuclio], f"given twice: also {tls_path}.{tls_key}")
+            merged[tls_key] = legacy[tls_key]
+            ctx.written_at[f"{tls_path}.{tls_key}"] = attributes.paths[nuclio]
+        raw = merged
     if raw is None:
         return None
-    parsed = _parse_section(TLS, raw, attributes.paths["tls"], ctx)
+    parsed = _parse_switched_section(TLS, raw, tls_path, ctx)
+    if parsed is None:
+        return None
     parsed.check()
     if not parsed.values["enable"]:
         return None
@@ -513,19 +672,39 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         if mismatch is not None:
             ctx.warn(spec.paths["runtime"], mismatch)
 
+    annotations: dict[str, str] = metadata.values["annotations"] or {}
+    known_annotations = {annotation for annotation, _ in KAFKA_ANNOTATIONS}
+    for annotation in annotations:
+        nuclio_kafka = "kafka" in annotation and annotation.startswith(("nuclio.io/", "custom.nuclio.io/"))
+        if nuclio_kafka and annotation not in known_annotations:
+            ctx.warn(f"{metadata.paths['annotations']}.{annotation}", "unknown Kafka annotation, ignored")
+
     raw_triggers = spec.values["triggers"]
     triggers: list[TriggerConfig] = []
     if not raw_triggers:
         if "triggers" in spec.given:  # an empty mapping; a missing or bad one is reported already
             ctx.report(spec.paths["triggers"], TRIGGERS_REQUIRED)
     else:
+        disabled = 0
         for trigger_name, raw in raw_triggers.items():
             try:
-                triggers.append(_parse_trigger(trigger_name, raw, ctx))
+                if not isinstance(trigger_name, str) or not trigger_name.strip():
+                    raise ctx.error(
+                        "spec.triggers", f"trigger names must be non-empty strings, {got(trigger_name)}"
+                    )
+                if not isinstance(raw, Mapping):
+                    raise ctx.error(f"spec.triggers.{trigger_name}", f"must be a mapping, {got(raw)}")
+                if _trigger_disabled(trigger_name, raw, ctx):
+                    ctx.warn(f"spec.triggers.{trigger_name}", "disabled: not run")
+                    disabled += 1
+                    continue
+                triggers.append(_parse_trigger(trigger_name, raw, annotations, ctx))
             except ConfigError as error:
                 ctx.errors.extend(error.errors)
             except _SectionInvalid:
                 pass
+        if disabled == len(raw_triggers):
+            ctx.report(spec.paths["triggers"], f"every trigger is disabled; {TRIGGERS_REQUIRED}")
     if ctx.errors:
         raise ConfigError.combine(ctx.errors)
 

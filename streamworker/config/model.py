@@ -59,6 +59,25 @@ class SaslMechanism(enum.StrEnum):
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
     SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"  # with attributes.sasl.oauth: OIDC client credentials
+
+
+class ExplicitAckScope(enum.StrEnum):
+    """What one explicit ack closes."""
+
+    # Nuclio's meaning: ack(offset) marks offset + 1, closing every record of the partition up to
+    # offset that was handled and waits for its ack.
+    CUMULATIVE = "cumulative"
+    RECORD = "record"  # ack(offset) closes that one record only
+
+
+class StaticMapping(enum.StrEnum):
+    """How workerAllocationMode: static maps a partition to a worker."""
+
+    # Nuclio's: the partition's index among this member's assigned partitions of its topic (in
+    # partition order), mod numWorkers.
+    ASSIGNMENT_INDEX = "assignmentIndex"
+    PARTITION_ID = "partitionId"  # partition id mod numWorkers, whatever else is assigned
 
 
 class InitialOffset(enum.StrEnum):
@@ -101,12 +120,24 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class OAuthSettings:
+    """``attributes.sasl.oauth``: OAUTHBEARER through an OIDC token endpoint (client credentials)."""
+
+    client_id: str
+    client_secret: Secret
+    token_url: str
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SaslSettings:
-    """``attributes.sasl`` when enabled: SASL authentication towards the brokers."""
+    """``attributes.sasl`` when enabled: SASL authentication towards the brokers. ``user`` and
+    ``password`` are set for PLAIN/SCRAM, ``oauth`` for OAUTHBEARER."""
 
     mechanism: SaslMechanism
-    user: str
-    password: Secret
+    user: str | None
+    password: Secret | None
+    oauth: OAuthSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,8 @@ class KafkaAttributes:
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 30000
     max_buffered_bytes: int = 64 * 1024 * 1024
+    explicit_ack_scope: ExplicitAckScope = ExplicitAckScope.CUMULATIVE
+    static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     sasl: SaslSettings | None = None  # None: SASL off
@@ -187,6 +220,19 @@ class FunctionConfig:
     event_timeout: float | None
     env: Mapping[str, str] = field(hash=False)  # in file order
     triggers: tuple[TriggerConfig, ...]  # every kafka-cluster trigger, in file order
+    description: str = ""
+    version: int = -1  # spec.version; Nuclio's "latest" is -1
+
+    @property
+    def nuclio_env(self) -> dict[str, str]:
+        """The variables Nuclio's Python runtime sets for the handler (runtime.GetEnvFromConfiguration);
+        handlers and libraries written for Nuclio read them."""
+        return {
+            "NUCLIO_FUNCTION_NAME": self.name,
+            "NUCLIO_FUNCTION_DESCRIPTION": self.description,
+            "NUCLIO_FUNCTION_VERSION": str(self.version),
+            "NUCLIO_FUNCTION_HANDLER": str(self.handler),
+        }
 
     @property
     def code_dir(self) -> Path:

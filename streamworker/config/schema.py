@@ -25,12 +25,14 @@ from .model import (
     AllocationMode,
     BalanceStrategy,
     ExplicitAckMode,
+    ExplicitAckScope,
     GroupProtocol,
     HandlerRef,
     InitialOffset,
     KafkaAttributes,
     OnError,
     SaslMechanism,
+    StaticMapping,
     is_pem,
 )
 
@@ -38,8 +40,8 @@ E = TypeVar("E", bound=enum.Enum)
 
 KAFKA_KIND = "kafka-cluster"
 TRIGGERS_REQUIRED = f"at least one {KAFKA_KIND} trigger is required"
-# Python minor versions a function.yaml may name. The running interpreter's own version is always
-# accepted too, so a newer Python never rejects a config that names it.
+# Python minor versions listed in the docs. Any python:X.Y loads (an exported Nuclio function may
+# still say python:3.8 or older); one other than the running interpreter only warns.
 SUPPORTED_PYTHON_MINORS = tuple(range(9, 14))
 
 
@@ -86,6 +88,8 @@ class SectionSpec:
     help: str
     fields: tuple[FieldSpec, ...]
     ignored: tuple[str, ...] = ()  # Nuclio keys accepted with a warning
+    # (ignored key, why it has no effect here / what to use instead), shown in its warning.
+    notes: tuple[tuple[str, str], ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()  # (alias, key)
     hints: tuple[tuple[str, str], ...] = ()  # (unknown key, advice shown instead of a guess)
 
@@ -97,6 +101,10 @@ class SectionSpec:
 
     def hint_for(self, key: str) -> str | None:
         return dict(self.hints).get(key)
+
+    def ignored_warning(self, key: str) -> str:
+        note = dict(self.notes).get(key)
+        return "ignored by streamworker" + (f": {note}" if note else "")
 
     def unknown_key_problem(self, key: str) -> str:
         """Explain an unknown key, with a "did you mean" guess when one is close enough."""
@@ -194,7 +202,19 @@ def parse_non_negative_int(value: object) -> int:
     return number
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+# Go's strconv.ParseBool words too ("1", "t", "0", "f"): Nuclio's annotations are parsed with it.
+_BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "t": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+    "f": False,
+}
 
 
 def parse_bool(value: object) -> bool:
@@ -211,6 +231,13 @@ def parse_positive_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"must be more than zero, got {value!r}")
     return seconds
+
+
+def parse_event_timeout(value: object) -> float | None:
+    """A positive duration; ``""`` means none, as `nuctl export` writes an unset eventTimeout."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_positive_duration(value)
 
 
 def parse_positive_byte_size(value: object) -> int:
@@ -256,6 +283,37 @@ def _parse_name_list(
     return tuple(names)
 
 
+def parse_text(value: object) -> str:
+    """Any string, empty included (a description)."""
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"must be a string, {got(value)}")
+    return str(value)
+
+
+def parse_annotations(value: object) -> dict[str, str]:
+    """Kubernetes annotations: string keys and (after YAML's typing) scalar values, kept as text."""
+    mapping = parse_mapping(value)
+    annotations: dict[str, str] = {}
+    for key, item in mapping.items():
+        if not isinstance(key, str):
+            raise ValueError(f"keys must be strings, {got(key)}")
+        if isinstance(item, bool):
+            annotations[key] = "true" if item else "false"
+        elif isinstance(item, (str, int, float)):
+            annotations[key] = str(item)
+        elif item is None:
+            annotations[key] = ""
+        else:
+            raise FieldError(f"must be a string, {got(item)}", f".{key}")
+    return annotations
+
+
+def parse_scopes(value: object) -> tuple[str, ...]:
+    return _parse_name_list(value, "scope")
+
+
 def parse_brokers(value: object) -> tuple[str, ...]:
     return _parse_name_list(value, "broker")
 
@@ -277,34 +335,44 @@ def parse_topics(value: object) -> tuple[str, ...]:
     return _parse_name_list(value, "topic", _check_topic)
 
 
+# Nuclio's handler pattern (_nuclio_wrapper.py): module parts may contain hyphens
+# ("drain-hook:handler"), which import_module finds as drain-hook.py although `import` cannot.
+_MODULE_PART = re.compile(r"[\w-]+")
+
+
 def _is_dotted_identifier(text: str) -> bool:
     parts = text.split(".")
     return all(part.isidentifier() and not keyword.iskeyword(part) for part in parts)
+
+
+def _is_module_path(text: str) -> bool:
+    parts = text.split(".")
+    return all(_MODULE_PART.fullmatch(part) and not keyword.iskeyword(part) for part in parts)
 
 
 def parse_handler(value: object) -> HandlerRef:
     if not isinstance(value, str):
         raise ValueError(f'must be a string like "main:handler", {got(value)}')
     module, sep, function = value.strip().partition(":")
-    if not sep or not _is_dotted_identifier(module) or not _is_dotted_identifier(function):
+    if not sep or not _is_module_path(module) or not _is_dotted_identifier(function):
         raise ValueError(
-            f'must be "module:function" with dotted Python identifiers (like "main:handler"), got {value!r}'
+            f'must be "module:function" with a dotted module path and a Python identifier (like '
+            f'"main:handler"), got {value!r}'
         )
     if "." in function:
         raise ValueError(f'the function part must be a plain name (like "main:handler"), got {value!r}')
     return HandlerRef(module=module, function=function)
 
 
-def _python_runtime_choices() -> tuple[str, ...]:
-    minors = sorted({*SUPPORTED_PYTHON_MINORS, sys.version_info.minor})
-    return ("python", *(f"python:3.{minor}" for minor in minors))
+_PYTHON_RUNTIME = re.compile(r"python(:\d+(\.\d+)*)?")
 
 
 def parse_runtime(value: object) -> str:
+    """Any Python runtime name; which version it names only matters for a warning."""
     if not isinstance(value, str):
         raise ValueError(f'must be a string like "python:3.11", {got(value)}')
     runtime = value.strip()
-    if runtime not in _python_runtime_choices():
+    if not _PYTHON_RUNTIME.fullmatch(runtime):
         raise ValueError(
             f"unsupported runtime {runtime!r}: streamworker runs Python functions "
             f"(python, python:3.{SUPPORTED_PYTHON_MINORS[0]} to python:3.{SUPPORTED_PYTHON_MINORS[-1]})"
@@ -495,8 +563,18 @@ METADATA = SectionSpec(
             "Function name; used in the Kafka client.id, logs and metrics.",
             default_text="name of the folder holding function.yaml",
         ),
+        FieldSpec(
+            "annotations",
+            None,
+            parse_annotations,
+            "Nuclio's `nuclio.io/kafka-*` annotations set the Kafka trigger attributes of the same "
+            "meaning (e.g. `nuclio.io/kafka-session-timeout` sets sessionTimeout) in every trigger "
+            "that does not set the attribute itself: as in Nuclio, the attribute wins. Other "
+            "annotations are ignored.",
+            default_text="{}",
+        ),
     ),
-    ignored=("namespace", "labels", "annotations"),
+    ignored=("namespace", "labels", "resourceVersion"),
 )
 
 SPEC = SectionSpec(
@@ -521,9 +599,25 @@ SPEC = SectionSpec(
             default_text="the running interpreter",
         ),
         FieldSpec(
+            "description",
+            "description",
+            parse_text,
+            "Free text; the handler sees it as NUCLIO_FUNCTION_DESCRIPTION.",
+            default="",
+            default_text='""',
+        ),
+        FieldSpec(
+            "version",
+            "version",
+            parse_int,
+            "Function version as Nuclio numbers it; the handler sees it as NUCLIO_FUNCTION_VERSION.",
+            default=-1,
+            default_text="-1",
+        ),
+        FieldSpec(
             "eventTimeout",
             "event_timeout",
-            parse_positive_duration,
+            parse_event_timeout,
             "Time limit for one handler call; a call that runs longer counts as failed.",
             default_text="none (no limit)",
         ),
@@ -546,7 +640,6 @@ SPEC = SectionSpec(
         ),
     ),
     ignored=(
-        "description",
         "build",
         "resources",
         "minReplicas",
@@ -568,6 +661,34 @@ SPEC = SectionSpec(
         "scaleToZero",
         "targetCPU",
         "disable",
+        "publish",
+        "alias",
+        "envFrom",
+        "dataBindings",
+        "runRegistry",
+        "imagePullSecrets",
+        "imagePullPolicy",
+        "dealerURI",
+        "serviceAccount",
+        "disableDefaultHTTPTrigger",
+        "disableSensitiveFieldsMasking",
+        "devices",
+        "nodeName",
+        "preemptionPolicy",
+        "preemptionMode",
+        "deploymentStrategy",
+        "hostIPC",
+        "customScalingMetricSpecs",
+        "autoScaleMetrics",
+        "waitReadinessTimeoutBeforeFailure",
+        "sidecars",
+        "initContainers",
+    ),
+    notes=(
+        ("envFrom", "variables from Kubernetes ConfigMaps/Secrets are not read; set them in the environment"),
+        ("disableDefaultHTTPTrigger", "streamworker never starts an HTTP trigger"),
+        ("dataBindings", "Nuclio data bindings are not provided; open the connection in init_context"),
+        ("disable", "a streamworker function always runs; disable individual triggers instead"),
     ),
 )
 
@@ -591,12 +712,36 @@ TRIGGER = SectionSpec(
             default_text="the key under spec.triggers",
         ),
         FieldSpec(
+            "disabled",
+            None,
+            parse_bool,
+            "true: the trigger is not run (any kind; `disable` is accepted as an alias). At least one "
+            "enabled trigger is required.",
+            default=False,
+            default_text="false",
+        ),
+        FieldSpec(
             "numWorkers",
             "num_workers",
             parse_positive_int,
-            "Worker processes for this trigger; each handles one record at a time.",
+            "Worker processes for this trigger; each handles one record at a time. Nuclio's default "
+            "for Kafka is 32; streamworker's is 1 (each worker is a whole Python process).",
             default=1,
             default_text="1",
+        ),
+        FieldSpec(
+            "maxWorkers",
+            None,
+            parse_positive_int,
+            "Nuclio's deprecated name for numWorkers; used when numWorkers is not given.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "url",
+            None,
+            parse_brokers,
+            "Nuclio's trigger URL: the brokers when attributes.brokers is not given.",
+            default_text="none",
         ),
         FieldSpec(
             "explicitAckMode",
@@ -627,14 +772,30 @@ TRIGGER = SectionSpec(
             section="spec.triggers.<name>.attributes",
         ),
     ),
-    ignored=("class", "maxWorkers", "annotations", "workerAvailabilityTimeoutMilliseconds", "disable"),
-)
-
-# Nuclio puts the TLS material at the attributes level; here it lives in the tls section.
-_TLS_KEY_HINTS = (
-    ("caCert", "use attributes.tls.caCert"),
-    ("accessCertificate", "use attributes.tls.clientCert"),
-    ("accessKey", "use attributes.tls.clientKey"),
+    ignored=(
+        "class",
+        "annotations",
+        "workerAvailabilityTimeoutMilliseconds",
+        "workerAllocatorName",
+        "batch",
+        "waitExplicitAckDuringRebalanceTimeout",
+        "paths",
+        "username",
+        "password",
+        "secret",
+        "partitions",
+        "total_tasks",
+        "max_task_allocation",
+    ),
+    aliases=(("disable", "disabled"),),
+    notes=(
+        ("batch", "Nuclio batching is for HTTP triggers; records reach workers in batches anyway"),
+        (
+            "waitExplicitAckDuringRebalanceTimeout",
+            "on revoke, records still waiting for an ack are not committed and the new owner gets "
+            "them again; maxWaitHandlerDuringRebalance bounds the wait for running handlers",
+        ),
+    ),
 )
 
 ATTRIBUTES = SectionSpec(
@@ -646,7 +807,7 @@ ATTRIBUTES = SectionSpec(
             "brokers",
             parse_brokers,
             'Bootstrap brokers as "host:port": a list or one comma-separated string.',
-            required=True,
+            default_text="required (or the trigger's url)",
         ),
         FieldSpec(
             "topics",
@@ -666,7 +827,9 @@ ATTRIBUTES = SectionSpec(
             "initialOffset",
             "initial_offset",
             enum_parser(InitialOffset),
-            "Where to start on partitions the group has no committed offset for.",
+            "Where to start on partitions the group has no committed offset for. Nuclio's code "
+            "defaults to latest (its docs say earliest); streamworker starts at earliest so a new "
+            "group never skips records. Set latest for Nuclio's behaviour.",
         ),
         _enum_attribute(
             "workerAllocationMode",
@@ -676,6 +839,15 @@ ATTRIBUTES = SectionSpec(
             "to worker i mod numWorkers; in both a partition's records run one at a time, in order. "
             "key: a key always goes to the same worker and runs in offset order, while different keys "
             "of one partition run in parallel (null keys keep partition order among themselves).",
+        ),
+        _enum_attribute(
+            "staticMapping",
+            "static_mapping",
+            enum_parser(StaticMapping),
+            "How static mode picks a partition's worker. assignmentIndex (Nuclio's): the "
+            "partition's index among the partitions of its topic assigned to this member, in "
+            "partition order, mod numWorkers; under cooperative-sticky, a partition kept through a "
+            "rebalance keeps its worker. partitionId: partition id mod numWorkers.",
         ),
         _attribute(
             "sessionTimeout",
@@ -704,15 +876,17 @@ ATTRIBUTES = SectionSpec(
             "max_wait_handler_during_rebalance",
             parse_duration,
             "On rebalance, how long to wait for in-flight records of revoked partitions to finish "
-            "before giving the partitions up anyway.",
+            "before giving the partitions up anyway. Used as written: Nuclio raises it to "
+            "workerTerminationTimeout + 3s when it is lower (13s with the defaults).",
             format_duration,
         ),
         _enum_attribute(
             "balanceStrategy",
             "balance_strategy",
             enum_parser(BalanceStrategy, {"sticky": BalanceStrategy.COOPERATIVE_STICKY}),
-            "Partition assignment strategy. Nuclio's `sticky` is read as cooperative-sticky, which "
-            "moves only the partitions that change owner instead of stopping them all.",
+            "Partition assignment strategy. Nuclio's default is range; streamworker's is "
+            "cooperative-sticky, which moves only the partitions that change owner instead of "
+            "stopping them all. Nuclio's `sticky` is read as cooperative-sticky.",
         ),
         _enum_attribute(
             "groupProtocol",
@@ -767,7 +941,9 @@ ATTRIBUTES = SectionSpec(
             "retryBackoff",
             "retry_backoff",
             parse_duration,
-            "Wait before the first retry; doubles on each further retry up to retryMaxBackoff.",
+            "Wait before the first retry of a failed record; doubles on each further retry up to "
+            "retryMaxBackoff. Not Nuclio's retryBackoff (its wait after a failed partition read, 2s, "
+            "which is librdkafka's fetch.error.backoff.ms here).",
             format_duration,
         ),
         _attribute(
@@ -776,6 +952,15 @@ ATTRIBUTES = SectionSpec(
             parse_duration,
             "Longest wait between retries; must be at least retryBackoff.",
             format_duration,
+        ),
+        _enum_attribute(
+            "explicitAckScope",
+            "explicit_ack_scope",
+            enum_parser(ExplicitAckScope),
+            "With explicitAckMode enable/explicitOnly, what context.platform.explicit_ack(offset) "
+            "closes. cumulative (Nuclio's): every record of that partition up to offset that was "
+            "handled and waits for its ack, and the record at offset once its handler returns; never "
+            "a record still running (other than offset) or failed. record: that one record only.",
         ),
         _attribute(
             "maxBufferedRecords",
@@ -802,6 +987,56 @@ ATTRIBUTES = SectionSpec(
             lambda default: "{}",
         ),
         FieldSpec(
+            "fetchMin",
+            None,
+            parse_positive_int,
+            "Nuclio's fetch minimum in bytes: librdkafka fetch.min.bytes.",
+            default_text="librdkafka's (1)",
+        ),
+        FieldSpec(
+            "fetchDefault",
+            None,
+            parse_positive_int,
+            "Nuclio's default fetch size per partition in bytes: librdkafka max.partition.fetch.bytes.",
+            default_text="librdkafka's (1MiB)",
+        ),
+        FieldSpec(
+            "fetchMax",
+            None,
+            parse_positive_int,
+            "Nuclio's fetch maximum in bytes: librdkafka fetch.max.bytes.",
+            default_text="librdkafka's (50MiB)",
+        ),
+        FieldSpec(
+            "maxWaitTime",
+            None,
+            parse_duration,
+            "Nuclio's longest broker wait for fetchMin bytes: librdkafka fetch.wait.max.ms.",
+            default_text="librdkafka's (500ms)",
+        ),
+        FieldSpec(
+            "caCert",
+            None,
+            parse_pem_or_path,
+            "Nuclio's place for the CA certificate: the same as tls.caCert, and it turns TLS on "
+            "as in Nuclio.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "accessCertificate",
+            None,
+            parse_pem_or_path,
+            "Nuclio's place for the client certificate: the same as tls.clientCert.",
+            default_text="none",
+        ),
+        FieldSpec(
+            "accessKey",
+            None,
+            parse_pem_or_path,
+            "Nuclio's place for the client key: the same as tls.clientKey.",
+            default_text="none",
+        ),
+        FieldSpec(
             "sasl",
             "sasl",
             parse_mapping,
@@ -820,15 +1055,31 @@ ATTRIBUTES = SectionSpec(
     ),
     ignored=(
         "rebalanceTimeout",
-        "fetchMin",
-        "fetchMax",
-        "fetchDefault",
+        "rebalanceRetryMax",
+        "rebalanceRetryBackoff",
+        "maxProcessingTime",
+        "version",
+        "secretPath",
         "channelBufferSize",
         "ackWindowSize",
         "logLevel",
-        "maxWaitTime",
     ),
-    hints=_TLS_KEY_HINTS,
+    notes=(
+        ("rebalanceTimeout", "librdkafka uses maxPollInterval as the rebalance timeout"),
+        ("rebalanceRetryMax", "librdkafka rejoins the group on its own"),
+        ("rebalanceRetryBackoff", "librdkafka rejoins the group on its own"),
+        ("maxProcessingTime", "use spec.eventTimeout to bound a handler call"),
+        ("version", "librdkafka negotiates the protocol version with the broker"),
+        (
+            "secretPath",
+            "give tls.caCert/clientCert/clientKey as file paths and sasl.passwordFile instead",
+        ),
+        ("channelBufferSize", "use maxBufferedRecords / maxBufferedBytes"),
+        (
+            "ackWindowSize",
+            "the commit position is the first record not yet done; it never runs ahead of an ack",
+        ),
+    ),
 )
 
 SASL = SectionSpec(
@@ -849,12 +1100,19 @@ SASL = SectionSpec(
             "mechanism",
             "mechanism",
             enum_parser(SaslMechanism),
-            "SASL mechanism (case-insensitive). Others (OAUTHBEARER, GSSAPI) through attributes.librdkafka.",
+            "SASL mechanism (case-insensitive); OAUTHBEARER needs the oauth section (set by it when "
+            "omitted). Others (GSSAPI) through attributes.librdkafka.",
             default=SaslMechanism.PLAIN,
             choices=tuple(member.value for member in SaslMechanism),
             default_text=SaslMechanism.PLAIN.value,
         ),
-        FieldSpec("user", "user", parse_string, "SASL user name.", default_text="required when enabled"),
+        FieldSpec(
+            "user",
+            "user",
+            parse_string,
+            "SASL user name.",
+            default_text="required when enabled (PLAIN, SCRAM)",
+        ),
         FieldSpec(
             "password",
             "password",
@@ -870,9 +1128,42 @@ SASL = SectionSpec(
             "is dropped. A relative path is relative to the folder of function.yaml.",
             default_text="none",
         ),
+        FieldSpec(
+            "oauth",
+            None,
+            parse_mapping,
+            "OAUTHBEARER with client credentials, as Nuclio's sasl.oauth: see the oauth section.",
+            default_text="none",
+            section="spec.triggers.<name>.attributes.sasl.oauth",
+        ),
     ),
     ignored=("handshake",),
-    hints=(("oauth", "OAUTHBEARER is not configured here; use attributes.librdkafka (sasl.oauthbearer.*)"),),
+    notes=(("handshake", "librdkafka always sends the SASL handshake"),),
+)
+
+OAUTH = SectionSpec(
+    path="spec.triggers.<name>.attributes.sasl.oauth",
+    help="SASL/OAUTHBEARER through an OIDC token endpoint (client credentials grant), done by "
+    "librdkafka itself (sasl.oauthbearer.method=oidc).",
+    fields=(
+        FieldSpec("clientId", "client_id", parse_string, "OAuth client id.", required=True),
+        FieldSpec(
+            "clientSecret",
+            "client_secret",
+            parse_secret,
+            "OAuth client secret, usually a ${VAR} reference. Never logged.",
+            required=True,
+        ),
+        FieldSpec("tokenUrl", "token_url", parse_string, "Token endpoint URL.", required=True),
+        FieldSpec(
+            "scopes",
+            "scopes",
+            parse_scopes,
+            "Scopes to request: a list or one comma-separated string.",
+            default=(),
+            default_text="none",
+        ),
+    ),
 )
 
 TLS = SectionSpec(
@@ -922,9 +1213,10 @@ TLS = SectionSpec(
         ),
     ),
     ignored=("minimumVersion",),
+    notes=(("minimumVersion", "librdkafka negotiates the highest TLS version both sides support"),),
 )
 
-SECTIONS: tuple[SectionSpec, ...] = (ROOT, METADATA, SPEC, TRIGGER, ATTRIBUTES, SASL, TLS)
+SECTIONS: tuple[SectionSpec, ...] = (ROOT, METADATA, SPEC, TRIGGER, ATTRIBUTES, SASL, OAUTH, TLS)
 
 
 def iter_sections() -> Iterator[SectionSpec]:
@@ -937,3 +1229,49 @@ def iter_field_specs() -> Iterator[tuple[str, FieldSpec]]:
     for section in SECTIONS:
         for spec in section.fields:
             yield section.path, spec
+
+
+# Nuclio's Kafka annotations (pkg/processor/trigger/kafka/types.go) and the trigger key each one
+# sets, as a path below spec.triggers.<name>. As in Nuclio, a key written in the trigger wins over
+# its annotation, except explicitAckMode, where Nuclio lets an `enable`/`explicitOnly` annotation win.
+KAFKA_ANNOTATIONS: tuple[tuple[str, str], ...] = (
+    ("nuclio.io/kafka-session-timeout", "attributes.sessionTimeout"),
+    ("nuclio.io/kafka-heartbeat-interval", "attributes.heartbeatInterval"),
+    ("nuclio.io/kafka-max-processing-time", "attributes.maxProcessingTime"),
+    ("nuclio.io/kafka-rebalance-timeout", "attributes.rebalanceTimeout"),
+    ("nuclio.io/kafka-rebalance-retry-backoff", "attributes.rebalanceRetryBackoff"),
+    ("nuclio.io/kafka-retry-backoff", "attributes.retryBackoff"),
+    ("nuclio.io/kafka-balance-strategy", "attributes.balanceStrategy"),
+    ("nuclio.io/kafka-max-wait-time", "attributes.maxWaitTime"),
+    ("nuclio.io/kafka-max-wait-handler-during-rebalance", "attributes.maxWaitHandlerDuringRebalance"),
+    ("nuclio.io/kafka-worker-allocation-mode", "attributes.workerAllocationMode"),
+    ("nuclio.io/kafka-rebalance-retry-max", "attributes.rebalanceRetryMax"),
+    ("nuclio.io/kafka-fetch-min", "attributes.fetchMin"),
+    ("nuclio.io/kafka-fetch-default", "attributes.fetchDefault"),
+    ("nuclio.io/kafka-fetch-max", "attributes.fetchMax"),
+    ("nuclio.io/kafka-channel-buffer-size", "attributes.channelBufferSize"),
+    ("nuclio.io/kafka-access-key", "attributes.accessKey"),
+    ("nuclio.io/kafka-access-cert", "attributes.accessCertificate"),
+    ("nuclio.io/kafka-ca-cert", "attributes.caCert"),
+    ("nuclio.io/kafka-version", "attributes.version"),
+    ("nuclio.io/kafka-secret-path", "attributes.secretPath"),
+    ("nuclio.io/kafka-log-level", "attributes.logLevel"),
+    ("nuclio.io/kafka-tls-enabled", "attributes.tls.enable"),
+    ("nuclio.io/kafka-tls-insecure-skip-verify", "attributes.tls.insecureSkipVerify"),
+    ("nuclio.io/kafka-tls-minimum-version", "attributes.tls.minimumVersion"),
+    ("nuclio.io/kafka-sasl-enabled", "attributes.sasl.enable"),
+    ("nuclio.io/kafka-sasl-user", "attributes.sasl.user"),
+    ("nuclio.io/kafka-sasl-password", "attributes.sasl.password"),
+    ("nuclio.io/kafka-sasl-mechanism", "attributes.sasl.mechanism"),
+    ("nuclio.io/kafka-sasl-handshake", "attributes.sasl.handshake"),
+    ("nuclio.io/kafka-sasl-oauth-client-id", "attributes.sasl.oauth.clientId"),
+    ("nuclio.io/kafka-sasl-oauth-client-secret", "attributes.sasl.oauth.clientSecret"),
+    ("nuclio.io/kafka-sasl-oauth-token-url", "attributes.sasl.oauth.tokenUrl"),
+    ("nuclio.io/kafka-sasl-oauth-scopes", "attributes.sasl.oauth.scopes"),
+    ("nuclio.io/kafka-window-size", "attributes.ackWindowSize"),
+    ("custom.nuclio.io/kafka-window-size", "attributes.ackWindowSize"),
+    ("nuclio.io/kafka-explicit-ack-mode", "explicitAckMode"),
+    ("nuclio.io/wait-explicit-ack-during-rebalance-timeout", "waitExplicitAckDuringRebalanceTimeout"),
+)
+# Annotations whose value replaces the trigger's own key (Nuclio's PopulateExplicitAckMode).
+ANNOTATIONS_THAT_WIN = frozenset({"nuclio.io/kafka-explicit-ack-mode"})

@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
+from streamworker.config.model import (
+    AllocationMode,
+    ExplicitAckMode,
+    ExplicitAckScope,
+    OnError,
+    StaticMapping,
+)
 from streamworker.protocol import (
     F_ATTEMPT,
     F_KEY,
@@ -70,6 +76,8 @@ class DispatchSettings:
     max_buffered_records: int = 30_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
+    ack_scope: ExplicitAckScope = ExplicitAckScope.CUMULATIVE
+    static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
 
 
 @dataclass(frozen=True)
@@ -360,13 +368,13 @@ class Dispatcher:
 
     # -- assignment -------------------------------------------------------------------------
     def assign(self, tps: Iterable[TopicPartition]) -> None:
+        tps = list(tps)
+        static_slot = self._static_slots(tps) if self.settings.mode is AllocationMode.STATIC else {}
         for tp in tps:
             if tp in self._partitions:
                 continue
             state = PartitionState(tp)
-            fixed = None
-            if self.settings.mode is AllocationMode.STATIC:
-                fixed = tp[1] % self.settings.num_workers
+            fixed = static_slot.get(tp)
             if not self._key_mode:
                 lane = Lane(self._next_lane, state, fixed)
                 self._next_lane += 1
@@ -374,6 +382,27 @@ class Dispatcher:
                 state.default_lane = lane
                 self._lanes[lane.id] = lane
             self._partitions[tp] = state
+
+    def _static_slots(self, new: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The worker of each newly assigned partition in static mode.
+
+        assignmentIndex (Nuclio's StaticWorkerAllocator): the partition's index among the partitions
+        of its topic this member owns, in partition order, mod numWorkers. A partition kept through a
+        cooperative rebalance keeps its worker (its records may be in flight there); under eager
+        strategies every assignment is complete, so the mapping is exactly Nuclio's.
+        """
+        workers = self.settings.num_workers
+        if self.settings.static_mapping is StaticMapping.PARTITION_ID:
+            return {tp: tp[1] % workers for tp in new}
+        owned: dict[str, set[int]] = {}
+        for topic, partition in [*self._partitions, *new]:
+            owned.setdefault(topic, set()).add(partition)
+        index = {
+            (topic, partition): position
+            for topic, partitions in owned.items()
+            for position, partition in enumerate(sorted(partitions))
+        }
+        return {tp: index[tp] % workers for tp in new}
 
     def begin_revoke(self, tps: Iterable[TopicPartition]) -> int:
         """Stop dispatching ``tps`` and drop their undispatched records. Returns how many were dropped.
@@ -895,10 +924,21 @@ class Dispatcher:
             state.awaiting_ack[offset] = record
 
     def ack(self, topic: str, partition: int, offset: int) -> bool:
-        """An explicit ack. False when the partition is not ours (any more): the ack is ignored."""
+        """An explicit ack. False when the partition is not ours (any more): the ack is ignored.
+
+        Cumulative scope (Nuclio's: its ack marks offset + 1) closes every record of the partition
+        up to ``offset`` that was handled and waits for its ack. It never closes a record that is
+        still running, failed or waits for a retry: those finish (or not) on their own. The record
+        at ``offset`` itself may still be running (a handler acking its own event): it is closed
+        when it completes, as with the record scope.
+        """
         state = self._partitions.get((topic, partition))
         if state is None or state.revoking:
             return False
+        if self.settings.ack_scope is ExplicitAckScope.CUMULATIVE and state.awaiting_ack:
+            waiting = state.awaiting_ack
+            for earlier in sorted(o for o in waiting if o < offset):
+                self._finish(state, waiting.pop(earlier))
         record = state.awaiting_ack.pop(offset, None)
         if record is not None:
             self._finish(state, record)

@@ -123,6 +123,7 @@ class TriggerRunner:
         self._client_log = RepeatLimiter.from_environ(self.log)
         self.env = {
             **os.environ,
+            **function.nuclio_env,
             **function.env,
             "STREAMWORKER_LOG_FORMAT": self.options.log_format,
             **self.options.extra_env,
@@ -136,6 +137,8 @@ class TriggerRunner:
                 max_buffered_records=self.attrs.max_buffered_records,
                 max_buffered_bytes=self.attrs.max_buffered_bytes,
                 ack_mode=trigger.explicit_ack_mode,
+                ack_scope=self.attrs.explicit_ack_scope,
+                static_mapping=self.attrs.static_mapping,
             ),
             FailurePolicy(
                 max_retries=self.attrs.max_retries,

@@ -255,13 +255,18 @@ class Worker:
             raise _SupervisorGone(str(exc)) from exc
 
     def _flush(self, tail: bytes = b"") -> None:
-        """Send pending ACKS, then RESULTS, then ``tail``, in one write."""
+        """Send pending RESULTS, then ACKS, then ``tail``, in one write.
+
+        Results first: a cumulative explicit ack (Nuclio's) closes the no-ack records before it, so
+        the supervisor must know those records were handled when the ack arrives. A handler acking
+        its own event works in either order (an ack that arrives first is kept for its record).
+        """
         with self._write_lock:
             parts: list[bytes] = []
+            acks: list[list[Any]] = []
             if self._acks:
                 with self._acks_lock:
                     acks, self._acks = self._acks, []
-                parts.append(encode([Msg.ACKS, acks]))
             results = self._results
             run = self._run_active
             if run is not None and len(run[2]) > run[1]:
@@ -273,6 +278,8 @@ class Worker:
             if results:
                 pop = results.popleft
                 parts.append(encode([Msg.RESULTS, [pop() for _ in range(len(results))]]))
+            if acks:
+                parts.append(encode([Msg.ACKS, acks]))
             if tail:
                 parts.append(tail)
             if parts:

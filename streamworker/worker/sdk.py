@@ -11,7 +11,9 @@ decodes the key and headers lazily, on first access.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ __all__ = [
     "AckSink",
     "Context",
     "Event",
+    "FunctionCallsUnavailable",
     "Logger",
     "Platform",
     "QualifiedOffset",
@@ -55,7 +58,8 @@ _DECODE_OFF = frozenset({"no", "false", "disable", "disabled"})
 NO_ACK_HEADER = "x-nuclio-stream-no-ack"
 _FALSE_STRINGS = frozenset({"", "false", "0", "no", "off"})
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+# Nuclio's Python runtime gives naive UTC datetimes (datetime.utcfromtimestamp); so does streamworker.
+_EPOCH = _dt.datetime(1970, 1, 1)
 
 
 def decode_strings_from_env(environ: Mapping[str, str] | None = None) -> bool:
@@ -97,24 +101,30 @@ def _as_str(value: str | bytes) -> str:
 
 
 class Response:
-    """What a handler may return. For a stream trigger only the no-ack marker matters."""
+    """What a handler may return. For a stream trigger only the no-ack marker matters.
+
+    The constructor is nuclio-sdk's: ``Response(headers=None, body=None, content_type=None,
+    status_code=200, event_id=None)``, so positional calls written for Nuclio mean the same here.
+    """
 
     def __init__(
         self,
-        body: Any = None,
         headers: dict[str, Any] | None = None,
-        content_type: str = "text/plain",
+        body: Any = None,
+        content_type: str | None = None,
         status_code: int = 200,
+        event_id: Any = None,
     ) -> None:
+        self.headers: dict[str, Any] = headers or {}
         self.body = body
-        self.headers: dict[str, Any] = {} if headers is None else headers
-        self.content_type = content_type
+        self.content_type = content_type or "text/plain"
         self.status_code = status_code
+        self.event_id = event_id
 
     def ensure_no_ack(self) -> None:
         """Mark the event handled but not acknowledged: its offset is committed only once the
         function calls ``context.platform.explicit_ack`` for it (explicit ack mode)."""
-        self.headers[NO_ACK_HEADER] = "true"
+        self.headers[NO_ACK_HEADER] = True
 
     def __repr__(self) -> str:
         return (
@@ -154,19 +164,28 @@ def _truthy(value: object) -> bool:
     return bool(value)
 
 
+# Field names the log pipeline writes itself: a user field of that name would silently replace (or
+# be replaced by) the line's own value, so it is logged with a leading underscore instead, as
+# ``event`` already is (``_event``).
+_RESERVED_FIELDS = ("level", "timestamp", "message", "logger")
+
+
 class Logger:
     """Nuclio's logger API on top of a structlog logger.
 
-    ``debug/info/warn/warning/error(msg, *args)`` (``%``-style args) and
-    ``debug_with/info_with/warn_with/error_with(msg, **fields)``. While the worker handles an event,
-    ``current_event`` points at it and every line also carries its ``topic``, ``partition`` and
-    ``offset``; the worker sets that slot per event, so no logger is re-bound on the hot path.
+    ``debug/info/warn/warning/error(msg, *args)`` (``%``-style args),
+    ``debug_with/info_with/warn_with/error_with(msg, **fields)`` and ``bind(**fields)`` (fields added
+    to every later line, as in nuclio-sdk). While the worker handles an event, ``current_event``
+    points at it and every line also carries its ``topic``, ``partition`` and ``offset``; the worker
+    sets that slot per event, so no logger is re-bound on the hot path. User fields named ``level``,
+    ``timestamp``, ``message``, ``logger`` or ``event`` are logged as ``_level``, ``_timestamp``, ...
     """
 
-    __slots__ = ("_log", "current_event")
+    __slots__ = ("_bound", "_log", "current_event")
 
     def __init__(self, logger: FilteringBoundLogger) -> None:
         self._log = logger
+        self._bound: dict[str, Any] = {}
         # Anything with topic/partition/offset attributes; None when no event is being handled.
         self.current_event: Any = None
 
@@ -175,13 +194,22 @@ class Logger:
         """The underlying structlog logger (without the per-event fields)."""
         return self._log
 
+    def bind(self, **kv: Any) -> None:
+        """Add ``kv`` to every later line of this logger (nuclio-sdk's ``Logger.bind``)."""
+        self._bound.update(_renamed(kv))
+
     def _fields(self, kv: dict[str, Any]) -> dict[str, Any]:
-        if "event" in kv:
-            kv[EVENT_FIELD_ALIAS] = kv.pop("event")
+        if kv:
+            kv = _renamed(kv)
         ev = self.current_event
-        if ev is None:
+        if ev is None and not self._bound:
             return kv
-        fields: dict[str, Any] = {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset}
+        fields: dict[str, Any] = {}
+        if ev is not None:
+            fields["topic"] = _log_topic(ev)
+            fields["partition"] = ev.partition
+            fields["offset"] = ev.offset
+        fields.update(self._bound)
         fields.update(kv)
         return fields
 
@@ -218,26 +246,70 @@ class Logger:
         self._log.error(message, *args, **self._fields(kv))
 
 
+def _renamed(kv: dict[str, Any]) -> dict[str, Any]:
+    if "event" in kv:
+        kv[EVENT_FIELD_ALIAS] = kv.pop("event")
+    for name in _RESERVED_FIELDS:
+        if name in kv:
+            kv["_" + name] = kv.pop(name)
+    return kv
+
+
+def _log_topic(event: Any) -> Any:
+    """The topic as a str for log lines, even when the handler sees it as bytes (decoding off)."""
+    topic = getattr(event, "topic_name", None)
+    return event.topic if topic is None else topic
+
+
 # Called with (topic, partition, offset) for each explicit ack.
 AckSink = Callable[[str, int, int], None]
+
+
+class FunctionCallsUnavailable(RuntimeError):
+    """``context.platform.call_function`` on a stream worker: there is no Nuclio platform to call."""
 
 
 class Platform:
     """``context.platform``: termination/drain callbacks and explicit acks.
 
     Like Nuclio, one callback of each kind is kept: setting one replaces the previous one (``None``
-    clears it). Callbacks take no arguments and may be ``async``.
+    clears it). Callbacks take no arguments and may be ``async``. ``call_function`` exists, as in
+    nuclio-sdk, but raises ``FunctionCallsUnavailable``: a stream worker runs without a Nuclio
+    platform, so there is no function to call by name.
     """
 
-    def __init__(self, ack_sink: AckSink | None = None, *, kind: str = "local", name: str = "") -> None:
+    def __init__(
+        self,
+        ack_sink: AckSink | None = None,
+        *,
+        kind: str = "local",
+        name: str = "",
+        namespace: str = "default",
+    ) -> None:
         self.kind = kind
         self.name = name
+        self.namespace = namespace
         self.termination_callback: Callable[[], Any] | None = None
         self.drain_callback: Callable[[], Any] | None = None
         self._ack_sink = ack_sink
         # Without a sink (a Platform made outside a worker, e.g. in a handler's unit test) acks are
         # recorded here.
         self.acks: list[QualifiedOffset] = []
+
+    def call_function(
+        self,
+        function_name: str,
+        event: Any = None,
+        node: Any = None,
+        timeout: Any = None,
+        service_name_override: Any = None,
+    ) -> Any:
+        """nuclio-sdk's signature; always raises ``FunctionCallsUnavailable``."""
+        raise FunctionCallsUnavailable(
+            f"context.platform.call_function({function_name!r}) is not available on a streamworker "
+            "stream worker: there is no Nuclio platform to route function calls; call the other "
+            "service over HTTP (or produce a record to its topic) instead"
+        )
 
     def set_termination_callback(self, callback: Callable[[], Any] | None) -> None:
         """Run ``callback()`` when the worker is told to stop, after the events it already has."""
@@ -248,7 +320,9 @@ class Platform:
         self.drain_callback = _check_callback(callback)
 
     async def explicit_ack(self, qualified_offset: QualifiedOffset) -> None:
-        """Acknowledge a record handled earlier with a no-ack response (Nuclio's API)."""
+        """Acknowledge records handled earlier with a no-ack response (Nuclio's API). By default
+        (``explicitAckScope: cumulative``, as in Nuclio) it acknowledges every record of that
+        partition up to ``offset`` that is waiting for an ack; see docs/coming-from-nuclio.md."""
         self.explicit_ack_sync(qualified_offset)
 
     def explicit_ack_sync(self, qualified_offset: QualifiedOffset) -> None:
@@ -270,22 +344,27 @@ def _check_callback(callback: Callable[[], Any] | None) -> Callable[[], Any] | N
 
 class Context:
     """``context``: what a handler gets besides the event. Handlers may set their own attributes
-    on it; ``user_data`` is a free attribute bag meant for ``init_context``."""
+    on it; ``user_data`` is a free attribute bag meant for ``init_context``.
+
+    As in Nuclio's Python runtime, ``worker_id`` is a str (the runtime passes it on the command line)
+    and ``trigger_name`` repeats ``trigger.name``.
+    """
 
     def __init__(
         self,
         *,
         logger: Logger,
         platform: Platform,
-        worker_id: int,
+        worker_id: int | str,
         trigger: TriggerInfo,
         function_name: str = "",
         user_data: Any = None,
     ) -> None:
         self.logger = logger
         self.platform = platform
-        self.worker_id = worker_id
+        self.worker_id = str(worker_id)
         self.trigger = trigger
+        self.trigger_name = trigger.name
         self.function_name = function_name
         self.user_data: Any = SimpleNamespace() if user_data is None else user_data
 
@@ -294,6 +373,7 @@ class Context:
 
 
 HeaderValue = str | bytes | None
+HeaderName = str | bytes
 
 
 def _decode(value: bytes) -> str | bytes:
@@ -303,25 +383,47 @@ def _decode(value: bytes) -> str | bytes:
         return value
 
 
+def _name_text(name: HeaderName) -> str:
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+
+
 class Event:
-    """One Kafka record, as a handler sees it.
+    """One Kafka record, as a handler sees it: Nuclio's fields with Nuclio's values for Kafka, plus
+    streamworker's ``key``, ``partition``, ``attempt`` and ``header_list``.
 
-    ``body`` bytes (``b""`` for a null value); ``key`` ``None``/``str``/``bytes``; ``headers`` dict
-    (last duplicate wins; all of them, in order, in ``header_list``); ``topic``, ``partition``
-    (``shard_id``), ``offset``, ``timestamp`` (aware UTC datetime, ms precision, or None), ``id``
-    (``"topic/partition/offset"``), ``path`` (= topic), ``content_type``, ``trigger``, ``attempt``.
+    - ``body``: bytes (``b""`` for a null value). ``size`` is ``len(body)``.
+    - ``headers``: name -> value, values always ``bytes`` (``None`` for a null value) as Nuclio
+      sends them (msgpack bin), so ``.decode()`` works; for a repeated name the last value wins and
+      ``header_list`` keeps all of them in order. ``get_header(name)`` is case-insensitive.
+    - ``timestamp``: naive UTC ``datetime`` like Nuclio's (compare with ``datetime.utcnow()``), but
+      with the record's millisecond precision; ``None`` for a record without timestamp.
+    - ``topic``/``path``, ``shard_id``/``partition``, ``offset``, ``id`` (``"topic/partition/offset"``),
+      ``trigger``; ``num_shards`` 0, ``type``/``type_version``/``version`` ``""``, ``method``/``url``
+      ``""``, ``fields`` ``{}``, ``last_in_batch`` False: the values Nuclio's Kafka trigger sends.
+    - ``content_type``: the ``content-type`` header's value, else ``""``.
 
-    With string decoding on (Nuclio's default) the key and header values are ``str`` when they are
-    valid UTF-8 and stay ``bytes`` otherwise. With it off they stay ``bytes``, and ``path``,
-    ``method``, ``url`` and ``content_type`` are ``bytes`` too, as in Nuclio. Header names and
-    ``topic`` are always ``str``.
+    ``NUCLIO_PYTHON_DECODE_EVENT_STRINGS`` (on unless ``no``/``false``/``disable``/``disabled``):
+    when on, the key, header names, ``topic``/``path``, ``content_type``, ``method`` and ``url`` are
+    ``str`` (a key or header name that is not valid UTF-8 stays ``bytes``); when off they are
+    ``bytes``, as in Nuclio. Header values are bytes either way.
+
+    The event is mutable like Nuclio's (``event.body = json.loads(event.body)``, new attributes).
+    It is built once per record, so it keeps the wire list and decodes lazily; the first assignment
+    to one of its fields turns it into a plain attribute object (see ``_detach``).
     """
 
-    __slots__ = ("_decode_strings", "_header_list", "_headers", "_w", "trigger")
+    __slots__ = ("__dict__", "_decode_strings", "_header_list", "_headers", "_w", "trigger")
 
     # Filled on first access (an unset slot raises AttributeError).
-    _header_list: list[tuple[str, HeaderValue]]
-    _headers: dict[str, HeaderValue]
+    _header_list: list[tuple[HeaderName, bytes | None]]
+    _headers: dict[HeaderName, bytes | None]
+
+    # Constant for Kafka records (Nuclio's AbstractEvent defaults).
+    num_shards = 0
+    type = ""
+    type_version = ""
+    version = ""
+    last_in_batch = False
 
     def __init__(self, wire: list[Any], trigger: TriggerInfo, decode_strings: bool = True) -> None:
         self._w = wire
@@ -369,9 +471,14 @@ class Event:
     # -- record fields ------------------------------------------------------------------------
 
     @property
-    def body(self) -> bytes:
+    def body(self) -> Any:
         value: bytes | None = self._w[F_VALUE]
         return b"" if value is None else value
+
+    @property
+    def size(self) -> int:
+        value: bytes | None = self._w[F_VALUE]
+        return 0 if value is None else len(value)
 
     @property
     def key(self) -> str | bytes | None:
@@ -381,7 +488,13 @@ class Event:
         return _decode(key)
 
     @property
-    def topic(self) -> str:
+    def topic(self) -> str | bytes:
+        topic: str = self._w[F_TOPIC]
+        return topic if self._decode_strings else topic.encode("utf-8")
+
+    @property
+    def topic_name(self) -> str:
+        """The topic as a str whatever the decoding setting (for logs and acks)."""
         topic: str = self._w[F_TOPIC]
         return topic
 
@@ -420,29 +533,32 @@ class Event:
     # -- headers --------------------------------------------------------------------------------
 
     @property
-    def header_list(self) -> list[tuple[str, HeaderValue]]:
+    def header_list(self) -> list[tuple[HeaderName, bytes | None]]:
         """Every header in record order, duplicates included."""
         try:
             return self._header_list
         except AttributeError:
             pass
         raw = self._w[F_HEADERS]
-        pairs: list[tuple[str, HeaderValue]] = []
+        pairs: list[tuple[HeaderName, bytes | None]] = []
         if raw:
             items = raw.items() if isinstance(raw, Mapping) else raw
             decode = self._decode_strings
             for name, value in items:
                 if isinstance(name, bytes):
-                    name = name.decode("utf-8", "surrogateescape")
-                if decode and isinstance(value, bytes):
-                    value = _decode(value)
+                    if decode:
+                        name = _decode(name)
+                elif not decode:
+                    name = name.encode("utf-8", "surrogateescape")
+                if isinstance(value, str):  # a hand-made event; the wire always carries bytes
+                    value = value.encode("utf-8")
                 pairs.append((name, value))
         self._header_list = pairs
         return pairs
 
     @property
-    def headers(self) -> dict[str, HeaderValue]:
-        """Header name -> value; for a repeated name the last value wins."""
+    def headers(self) -> dict[HeaderName, bytes | None]:
+        """Header name -> value (bytes); for a repeated name the last value wins."""
         try:
             return self._headers
         except AttributeError:
@@ -451,20 +567,19 @@ class Event:
         self._headers = headers
         return headers
 
-    def get_header(self, name: str, default: HeaderValue = None) -> HeaderValue:
+    def get_header(self, name: HeaderName, default: Any = None) -> Any:
         """The header's value, matching the name case-insensitively (last one wins)."""
-        wanted = name.lower()
-        for header_name, value in reversed(self.header_list):
-            if header_name.lower() == wanted:
-                return value
-        return default
+        return _find_header(reversed(self.header_list), name, default)
 
     @property
     def content_type(self) -> str | bytes:
         value = self.get_header("content-type")
         if value is None:
             return "" if self._decode_strings else b""
-        return value
+        if self._decode_strings and isinstance(value, bytes):
+            return _decode(value)
+        text: str | bytes = value
+        return text
 
     # -- Nuclio compatibility -------------------------------------------------------------------
 
@@ -485,8 +600,114 @@ class Event:
     def fields(self) -> dict[str, Any]:
         return {}
 
+    def to_json(self) -> str:
+        """nuclio-sdk's ``Event.to_json``: the public fields as JSON, bytes bodies in base64."""
+        obj: dict[str, Any] = {name: getattr(self, name) for name in _PUBLIC_FIELDS}
+        obj.update({name: value for name, value in vars(self).items() if not name.startswith("_")})
+        obj["trigger"] = {"kind": self.trigger.kind, "name": self.trigger.name}
+        if isinstance(obj["timestamp"], _dt.datetime):
+            obj["timestamp"] = str(obj["timestamp"])
+        if isinstance(obj["body"], bytes):
+            obj["body"] = base64.b64encode(obj["body"]).decode("ascii")
+        return json.dumps(obj, default=_json_default)
+
     def __repr__(self) -> str:
+        body = self.body
+        shown = body[:64] if isinstance(body, bytes) else body
+        more = "..." if isinstance(body, bytes) and len(body) > 64 else ""
         return (
             f"Event(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
-            f"key={self.key!r}, body={self.body[:64]!r}{'...' if len(self.body) > 64 else ''})"
+            f"key={self.key!r}, body={shown!r}{more})"
         )
+
+    # -- mutation -------------------------------------------------------------------------------
+
+    def _detach(self) -> None:
+        """Copy every field into the instance dict and become a ``_DetachedEvent``, whose fields
+        are plain attributes. Only the first assignment pays for this; reading stays lazy and
+        cheap for the (usual) handler that never assigns."""
+        values = {name: getattr(self, name) for name in _PUBLIC_FIELDS}
+        self.__dict__.update(values)
+        self.__class__ = _DetachedEvent
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _find_header(pairs: Iterable[tuple[HeaderName, Any]], name: HeaderName, default: Any) -> Any:
+    wanted = _name_text(name).lower()
+    for header_name, value in pairs:
+        if _name_text(header_name).lower() == wanted:
+            return value
+    return default
+
+
+# Fields a handler may read and assign; a property setter for each detaches the event first.
+_PUBLIC_FIELDS = (
+    "body",
+    "size",
+    "key",
+    "topic",
+    "partition",
+    "shard_id",
+    "offset",
+    "attempt",
+    "timestamp",
+    "id",
+    "header_list",
+    "headers",
+    "content_type",
+    "path",
+    "method",
+    "url",
+    "fields",
+    "num_shards",
+    "type",
+    "type_version",
+    "version",
+    "last_in_batch",
+)
+
+
+def _make_setter(name: str) -> Callable[[Event, Any], None]:
+    def set_field(self: Event, value: Any) -> None:
+        self._detach()
+        self.__dict__[name] = value
+
+    return set_field
+
+
+def _constant(value: Any) -> Callable[[Event], Any]:
+    def get_field(self: Event) -> Any:
+        return value
+
+    return get_field
+
+
+for _name in _PUBLIC_FIELDS:
+    _current = Event.__dict__[_name]
+    if isinstance(_current, property):
+        setattr(Event, _name, _current.setter(_make_setter(_name)))
+    else:  # a class-level constant: a property with a setter, so assignment detaches too
+        setattr(Event, _name, property(_constant(_current), _make_setter(_name)))
+del _name, _current
+
+
+class _DetachedEvent(Event):
+    """An event a handler assigned to: its fields live in the instance dict (see Event._detach)."""
+
+    __slots__ = ()
+
+    def get_header(self, name: HeaderName, default: Any = None) -> Any:
+        # nuclio-sdk's get_header searches ``headers``, which the handler may have replaced.
+        return _find_header(self.__dict__["headers"].items(), name, default)
+
+
+# Class attributes without __set__ are shadowed by the instance dict, so each field reads and
+# writes the value _detach copied there.
+for _name in _PUBLIC_FIELDS:
+    setattr(_DetachedEvent, _name, None)
+del _name
