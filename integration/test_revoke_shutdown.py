@@ -1,0 +1,252 @@
+"""Revoke and shutdown correctness (issue #12), with several streamworker processes on the real broker.
+
+* A handler still running at the rebalance deadline is killed unblamed: with ``maxRetries: 0`` and
+  ``onError: skip`` its record is run again (attempt 1), never skipped and committed unfinished.
+* Explicit acks given in drain and termination callbacks count: after a join and two clean stops
+  the group's offsets are at the end and every record was handled once.
+* A partition paused by backpressure when it is revoked fetches again when it comes back.
+
+The handler and helpers of ``test_lifecycle`` are reused (ledger lines, ``hang`` records, quick
+profile); the group rules of ``/work/shared/notes/broker.md`` apply (unique topic and group per
+test, one timeout profile per group, end offsets from delivery reports, no topic deleted).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from test_lifecycle import (
+    HANDLER,
+    TRIGGER,
+    body,
+    function_config,
+    is_message,
+    of_kind,
+    read_ledger,
+    stop_cleanly,
+    wait_committed,
+)
+
+from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+
+
+def test_a_handler_killed_at_the_rebalance_deadline_is_run_again_not_skipped(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("orders"), unique("group")
+    create_topics(broker_bootstrap, {topic: 4})
+    ledger = tmp_path / "ledger.jsonl"
+    release = tmp_path / "release"
+    config = function_dir(
+        HANDLER,
+        function_config(
+            brokers=broker_bootstrap,
+            topic=topic,
+            group=group,
+            profile=quick_profile,
+            # The first record of every partition blocks in instance A (first sight only).
+            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
+            workers=2,
+            # Eager: the join revokes all of A's partitions, so both of A's running calls overstay.
+            strategy="range",
+            attributes={"maxWaitHandlerDuringRebalance": "1s", "maxRetries": 0, "onError": "skip"},
+        ),
+    )
+    records = [Record(value=body(f"p{p}-{i}", hang=i == 0), partition=p) for p in range(4) for i in range(3)]
+    end = produce(broker_bootstrap, topic, records)
+    assert end == dict.fromkeys(range(4), 3)
+
+    a = streamworker_process(config, env={"INSTANCE": "A"})
+    wait_until(
+        lambda: len({e["worker_id"] for e in of_kind(read_ledger(ledger), "hang", instance="A")}) == 2,
+        30,
+        message="A's two workers never both blocked in a handler",
+    )
+    join_index = len(a.logs)
+    b = streamworker_process(config, env={"INSTANCE": "B"})
+    revoke = a.wait_for_log("partitions revoked", 30, start=join_index)
+    assert len(revoke["killed_workers"]) == 2, revoke
+    release.touch()  # nothing blocks any more: whoever owns the killed records runs them to the end
+
+    wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=60)
+    stop_cleanly(b)
+    stop_cleanly(a)
+    entries = read_ledger(ledger)
+    ended = {e["id"] for e in of_kind(entries, "end")}
+    assert ended == {f"p{p}-{i}" for p in range(4) for i in range(3)}, "committed without a finished call"
+    assert {e["attempt"] for e in of_kind(entries, "start")} == {1}, "a deadline kill counted as an attempt"
+    for proc in (a, b):
+        assert not [log for log in proc.logs if "retries exhausted" in str(log.get("message"))], proc.output()
+        assert not [log for log in proc.logs if log.get("message") == "handler failed; will retry"]
+    died = [log for log in a.logs[join_index:] if is_message("worker died; replacing it")(log)]
+    assert len(died) == 2 and all("rebalance" in str(log["reason"]) for log in died), died
+
+
+ACK_HANDLER = """
+import json
+import os
+import time
+
+from streamworker.worker.sdk import QualifiedOffset
+
+LEDGER = os.environ["LEDGER"]
+INSTANCE = os.environ.get("INSTANCE", "")
+# Handled records, acked only by the drain and termination callbacks.
+kept = []
+
+
+def write(kind, context, **fields):
+    entry = {"kind": kind, "instance": INSTANCE, "pid": os.getpid(), "worker_id": context.worker_id, **fields}
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry, sort_keys=True) + "\\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def init_context(context):
+    def ack_kept(kind):
+        for qualified in kept:
+            context.platform.explicit_ack_sync(qualified)
+        write(kind, context, acked=[[q.partition, q.offset] for q in kept])
+        kept.clear()
+
+    context.platform.set_drain_callback(lambda: ack_kept("drain"))
+    context.platform.set_termination_callback(lambda: ack_kept("terminate"))
+
+
+def handler(context, event):
+    record_id = json.loads(event.body)["id"]
+    write("end", context, id=record_id, partition=event.partition, offset=event.offset)
+    kept.append(QualifiedOffset.from_event(event))
+"""
+
+
+def test_acks_given_in_drain_and_termination_callbacks_are_committed(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("acks"), unique("group")
+    create_topics(broker_bootstrap, {topic: 4})
+    ledger = tmp_path / "ledger.jsonl"
+    spec = function_config(
+        brokers=broker_bootstrap, topic=topic, group=group, profile=quick_profile, env={"LEDGER": str(ledger)}
+    )
+    spec["spec"]["triggers"][TRIGGER]["explicitAckMode"] = "explicitOnly"
+    config = function_dir(ACK_HANDLER, spec)
+    first = [Record(value=body(f"first-{p}-{i}"), partition=p) for p in range(4) for i in range(3)]
+    end = produce(broker_bootstrap, topic, first)
+
+    a = streamworker_process(config, env={"INSTANCE": "A"})
+    wait_until(lambda: len(of_kind(read_ledger(ledger), "end")) == len(first), 30, message="A never ran all")
+    assert not any(committed_offsets(broker_bootstrap, group, topic, 4).values()), "nothing acked yet"
+    join_index = len(a.logs)
+    b = streamworker_process(config, env={"INSTANCE": "B"})
+    revoke = a.wait_for_log("partitions revoked", 30, start=join_index)
+    assert revoke["drained_workers"] and not revoke.get("late_drain_workers"), revoke
+    # The drain callbacks acked everything A had handled: the moved partitions were committed at
+    # the revoke, the kept ones at A's next commit.
+    wait_committed(wait_until, broker_bootstrap, group, topic, end)
+
+    second = [Record(value=body(f"second-{p}-{i}"), partition=p) for p in range(4) for i in range(3)]
+    end = produce(broker_bootstrap, topic, second)
+    wait_until(
+        lambda: len(of_kind(read_ledger(ledger), "end")) >= len(first) + len(second),
+        30,
+        message="the second batch was never handled",
+    )
+    stop_cleanly(b)
+    stop_cleanly(a)
+    # Only the termination callbacks acked the second batch.
+    assert committed_offsets(broker_bootstrap, group, topic, 4) == end
+    handled = Counter(e["id"] for e in of_kind(read_ledger(ledger), "end"))
+    assert set(handled) == {
+        f"{batch}-{p}-{i}" for batch in ("first", "second") for p in range(4) for i in range(3)
+    }
+    assert [record_id for record_id, count in handled.items() if count > 1] == [], "handled twice"
+    assert of_kind(read_ledger(ledger), "terminate", instance="A")
+
+
+def test_a_partition_paused_by_backpressure_fetches_again_when_it_comes_back(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("paused"), unique("group")
+    create_topics(broker_bootstrap, {topic: 2})
+    ledger = tmp_path / "ledger.jsonl"
+    release = tmp_path / "release"
+    config = function_dir(
+        HANDLER,
+        function_config(
+            brokers=broker_bootstrap,
+            topic=topic,
+            group=group,
+            profile=quick_profile,
+            # The first record of each partition blocks in A: its buffer fills and the partition pauses.
+            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
+            workers=2,
+            mode="static",
+            strategy="cooperative-sticky",
+            attributes={"maxWaitHandlerDuringRebalance": "1s", "maxBufferedRecords": 20},
+        ),
+    )
+    records = [
+        Record(value=body(f"a-{p}-{i:03d}", hang=i == 0), partition=p) for p in (0, 1) for i in range(60)
+    ]
+    end = produce(broker_bootstrap, topic, records)
+
+    a = streamworker_process(config, env={"INSTANCE": "A"})
+
+    def paused_partitions() -> set[str]:
+        return {
+            tp
+            for log in a.logs
+            if log.get("message") == "buffer full; partitions paused"
+            for tp in log["partitions"]
+        }
+
+    wait_until(lambda: paused_partitions() == {f"{topic}/0", f"{topic}/1"}, 30, message="A never paused both")
+    join_index = len(a.logs)
+    b = streamworker_process(config, env={"INSTANCE": "B"})
+    revoke = a.wait_for_log("partitions revoked", 30, start=join_index)
+    (moved_tp,) = revoke["partitions"]
+    moved = int(moved_tp.rsplit("/", 1)[1])
+    wait_until(
+        lambda: committed_offsets(broker_bootstrap, group, topic, [moved]) == {moved: end[moved]},
+        30,
+        message="B never finished the moved partition",
+    )
+    leave_index = len(a.logs)
+    stop_cleanly(b)
+    a.wait_for_log(
+        lambda log: log.get("message") == "partitions assigned" and log.get("partitions") == [moved_tp],
+        30,
+        start=leave_index,
+    )
+    release.touch()
+    more = [Record(value=body(f"b-{p}-{i:03d}"), partition=p) for p in (0, 1) for i in range(30)]
+    end = produce(broker_bootstrap, topic, more)
+    # The moved partition was paused (in librdkafka) when it left A; back at A it must fetch again.
+    wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=60)
+    stop_cleanly(a)
+    back = {e["offset"] for e in of_kind(read_ledger(ledger), "end", instance="A", partition=moved)}
+    assert set(range(60, 90)) <= back
