@@ -250,3 +250,69 @@ def test_a_partition_paused_by_backpressure_fetches_again_when_it_comes_back(
     stop_cleanly(a)
     back = {e["offset"] for e in of_kind(read_ledger(ledger), "end", instance="A", partition=moved)}
     assert set(range(60, 90)) <= back
+
+
+def test_only_workers_running_a_revoked_record_are_killed_at_the_deadline(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    # Static mode: partition p runs on worker p % 2. Partitions 2 and 3 block their worker in A (a
+    # sync call); records of 0 and 1 produced after that queue behind them. Whichever two partitions
+    # the join moves (here, cooperative-sticky moved 0 and 1 in every run), only a worker whose
+    # *running* record moved may be killed: the queued records of a moved partition are cancelled at
+    # once, even while the sync call blocks the worker's loop.
+    topic, group = unique("orders"), unique("group")
+    create_topics(broker_bootstrap, {topic: 4})
+    ledger = tmp_path / "ledger.jsonl"
+    release = tmp_path / "release"
+    config = function_dir(
+        HANDLER,
+        function_config(
+            brokers=broker_bootstrap,
+            topic=topic,
+            group=group,
+            profile=quick_profile,
+            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
+            workers=2,
+            mode="static",
+            strategy="cooperative-sticky",
+            attributes={"maxWaitHandlerDuringRebalance": "2s"},
+        ),
+    )
+    blocked = {2, 3}
+    first = [
+        Record(value=body(f"p{p}-{i}", hang=i == 0 and p in blocked), partition=p)
+        for p in range(4)
+        for i in range(3)
+    ]
+    produce(broker_bootstrap, topic, first)
+    a = streamworker_process(config, env={"INSTANCE": "A"})
+    wait_until(
+        lambda: {e["partition"] for e in of_kind(read_ledger(ledger), "hang", instance="A")} == blocked,
+        30,
+        message="A's workers never both blocked",
+    )
+    behind = [Record(value=body(f"p{p}-{i}"), partition=p) for p in (0, 1) for i in range(3, 6)]
+    end = produce(broker_bootstrap, topic, behind)
+    end = {**dict.fromkeys(blocked, 3), **end}
+    join_index = len(a.logs)
+    b = streamworker_process(config, env={"INSTANCE": "B"})
+    revoke = a.wait_for_log("partitions revoked", 30, start=join_index)
+    moved = {int(tp.rsplit("/", 1)[1]) for tp in revoke["partitions"]}
+    running_moved = {p % 2 for p in moved & blocked}  # the worker of a moved, blocked partition
+    assert set(revoke["killed_workers"]) == running_moved, (moved, revoke)
+    # (A blocked worker cannot run its drain callback before the deadline: reported late, not drained.)
+    assert not set(revoke["drained_workers"]) & {p % 2 for p in blocked - moved}, revoke
+    release.touch()
+    wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=60)
+    stop_cleanly(b)
+    stop_cleanly(a)
+    died = {log["worker"] for log in a.logs[join_index:] if is_message("worker died; replacing it")(log)}
+    assert died == running_moved, (moved, died)
+    for p in blocked - moved:  # the blocked call of a partition that stayed ran to its end in A
+        assert of_kind(read_ledger(ledger), "end", instance="A", partition=p, offset=0)
