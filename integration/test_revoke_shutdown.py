@@ -316,3 +316,49 @@ def test_only_workers_running_a_revoked_record_are_killed_at_the_deadline(
     assert died == running_moved, (moved, died)
     for p in blocked - moved:  # the blocked call of a partition that stayed ran to its end in A
         assert of_kind(read_ledger(ledger), "end", instance="A", partition=p, offset=0)
+
+
+def test_a_handler_killed_at_the_shutdown_deadline_is_run_again_by_the_next_start(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("orders"), unique("group")
+    create_topics(broker_bootstrap, {topic: 1})
+    ledger = tmp_path / "ledger.jsonl"
+    release = tmp_path / "release"
+    config = function_dir(
+        HANDLER,
+        function_config(
+            brokers=broker_bootstrap,
+            topic=topic,
+            group=group,
+            profile=quick_profile,
+            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release)},
+            workers=1,
+            termination_timeout="1s",
+            attributes={"maxRetries": 0, "onError": "skip"},
+        ),
+    )
+    end = produce(
+        broker_bootstrap, topic, [Record(value=body(f"r{i}", hang=i == 1), partition=0) for i in range(3)]
+    )
+
+    first = streamworker_process(config, env={"INSTANCE": "A"})
+    wait_until(lambda: of_kind(read_ledger(ledger), "hang", id="r1"), 30, message="r1 never started")
+    stop_cleanly(first)
+    stopped = [log for log in first.logs if log.get("message") == "stopped"][-1]
+    assert stopped["killed_workers"] == [0], stopped
+    assert not [log for log in first.logs if "retries exhausted" in str(log.get("message"))], first.output()
+    assert committed_offsets(broker_bootstrap, group, topic, [0]).get(0, 0) == 1, "r1 committed unfinished"
+
+    release.touch()
+    second = streamworker_process(config, env={"INSTANCE": "A2"})
+    wait_committed(wait_until, broker_bootstrap, group, topic, end)
+    stop_cleanly(second)
+    again = of_kind(read_ledger(ledger), "end", instance="A2", id="r1")
+    assert [e["attempt"] for e in again] == [1], "the next start runs it again, attempt count unchanged"
