@@ -13,8 +13,13 @@ test, one timeout profile per group, end offsets from delivery reports, no topic
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +367,111 @@ def test_a_handler_killed_at_the_shutdown_deadline_is_run_again_by_the_next_star
     stop_cleanly(second)
     again = of_kind(read_ledger(ledger), "end", instance="A2", id="r1")
     assert [e["attempt"] for e in again] == [1], "the next start runs it again, attempt count unchanged"
+
+
+GATE_HANDLER = """
+import json
+import os
+import time
+
+LEDGER = os.environ["LEDGER"]
+GATES = os.environ["GATES"]
+
+
+def write(kind, **fields):
+    entry = {"kind": kind, "pid": os.getpid(), **fields}
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry, sort_keys=True) + "\\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def handler(context, event):
+    body = json.loads(event.body)
+    fields = {"id": body["id"], "partition": event.partition, "offset": event.offset}
+    fields["worker_id"] = context.worker_id
+    start = time.time()
+    write("start", start=start, **fields)
+    gate = body.get("gate")
+    if gate:
+        # The first call of a gated record blocks until the test creates the file GATES/<gate>.
+        marker = os.path.join(GATES, gate + ".seen")
+        first = not os.path.exists(marker)
+        open(marker, "a").close()
+        deadline = time.monotonic() + 60
+        while first and not os.path.exists(os.path.join(GATES, gate)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    write("end", start=start, end=time.time(), **fields)
+"""
+
+
+def test_a_lost_partition_given_back_waits_for_the_call_still_running_from_before(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    # Item 5: the session expires (the supervisor is frozen past sessionTimeout) while a sync call of
+    # partition 0 runs on worker 1; the group gives the partitions back to the same (only) member,
+    # with worker 0 idle. The record of that call is not committed, so it is fetched again: it must
+    # not start again (on worker 0) while the old call still runs, only after it finished.
+    topic, group = unique("lost"), unique("group")
+    create_topics(broker_bootstrap, {topic: 2})
+    ledger = tmp_path / "ledger.jsonl"
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    config = function_dir(
+        GATE_HANDLER,
+        function_config(
+            brokers=broker_bootstrap,
+            topic=topic,
+            group=group,
+            profile=quick_profile,
+            env={"LEDGER": str(ledger), "GATES": str(gates)},
+            workers=2,
+            attributes={"librdkafka": {"fetch.wait.max.ms": 100}},
+        ),
+    )
+    process = streamworker_process(config)
+
+    def started(record_id: str) -> list[dict[str, Any]]:
+        return of_kind(read_ledger(ledger), "start", id=record_id)
+
+    # Worker 0 blocks on a record of partition 1 first, so partition 0's record goes to worker 1.
+    produce(broker_bootstrap, topic, [Record(value=json.dumps({"id": "p1-0", "gate": "a"}), partition=1)])
+    wait_until(lambda: started("p1-0"), 30, message="p1-0 never started")
+    produce(broker_bootstrap, topic, [Record(value=json.dumps({"id": "p0-0", "gate": "b"}), partition=0)])
+    wait_until(lambda: started("p0-0"), 30, message="p0-0 never started")
+    assert started("p1-0")[0]["worker_id"] != started("p0-0")[0]["worker_id"]
+    (gates / "a").touch()
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, [1]) == {1: 1}, 30)
+    before = len(process.logs)
+
+    # Freeze the whole supervisor (its heartbeat thread too) past the 2 s session timeout.
+    os.kill(process.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:  # the freeze IS the fault under test: wait it out
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGCONT)
+    process.wait_for_log("partitions lost (session expired); nothing committed for them", 30, start=before)
+    process.wait_for_log(
+        lambda log: log.get("message") == "partitions assigned" and f"{topic}/0" in log.get("partitions", []),
+        30,
+        start=before,
+    )
+    # The member works again (partition 1 flows) while partition 0 waits for the old call.
+    produce(broker_bootstrap, topic, [Record(value=json.dumps({"id": "p1-1"}), partition=1)])
+    wait_until(lambda: of_kind(read_ledger(ledger), "end", id="p1-1"), 30, message="partition 1 stalled")
+    assert len(started("p0-0")) == 1, f"p0-0 started again beside its old call: {started('p0-0')}"
+
+    (gates / "b").touch()
+    wait_committed(wait_until, broker_bootstrap, group, topic, {0: 1, 1: 2})
+    stop_cleanly(process)
+    calls = sorted((e["start"], e["end"]) for e in of_kind(read_ledger(ledger), "end", partition=0))
+    assert len(calls) == 2, calls
+    for (_, first_end), (second_start, _) in pairwise(calls):
+        assert second_start >= first_end, f"two calls of partition 0 at once: {calls}"

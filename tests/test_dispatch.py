@@ -665,3 +665,14 @@ def test_a_lost_partition_assigned_back_waits_until_the_old_worker_dies() -> Non
     assert d.take_dispatches(1.0) == {}
     assert d.worker_lost(wid, "eventTimeout", 2.0) == [], "old-generation records blame nobody here"
     assert offsets(d.take_dispatches(2.0)[1 - wid]) == [(0, 0)]
+
+
+def test_a_free_lane_avoids_a_worker_still_running_a_call_of_a_forgotten_partition() -> None:
+    d = make(workers=2)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, 0)])
+    ((wid, _),) = d.take_dispatches(0.0).items()
+    d.begin_revoke([(T, 0)])
+    d.forget([(T, 0)])  # lost while its call runs (and may run for long) on worker ``wid``
+    d.add([rec(1, 0), rec(1, 1)])
+    assert list(d.take_dispatches(1.0)) == [1 - wid], "partition 1 must not queue behind the old call"

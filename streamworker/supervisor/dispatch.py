@@ -570,6 +570,15 @@ class Dispatcher:
             return out
         emptied: list[int] = []
         waiting = set(self._orphans.values()) if self._orphans else ()
+        # Workers whose running call is of a forgotten partition: it may run for long, and its
+        # window looks free. A lane free to choose goes to another worker when one has room.
+        busy_old: set[int] = set()
+        if self._orphans:
+            busy_old = {
+                w
+                for w, slot in enumerate(workers)
+                if slot.outstanding and slot.outstanding[0] in self._orphans
+            }
         for lane in self._runnable.values():
             if (
                 lane.returned
@@ -583,6 +592,10 @@ class Dispatcher:
             wid = lane.worker
             if wid is None:
                 wid = max(range(len(free)), key=free.__getitem__)
+                if wid in busy_old:
+                    others = [w for w in range(len(free)) if w not in busy_old and free[w] > 0]
+                    if others:
+                        wid = max(others, key=free.__getitem__)
             if free[wid] <= 0:
                 continue
             slot = workers[wid]
