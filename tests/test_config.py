@@ -1292,6 +1292,7 @@ def test_metadata_name_breaking_the_rule_of_init_is_an_error(fn_dir: Path, name:
     with pytest.raises(Exception, match="invalid name"):
         validate_name(name)  # init refuses the same names
 
+
 # --- function.yaml as Nuclio writes it ------------------------------------------------------------
 
 NUCLIO_EXPORT = Path(__file__).parent / "fixtures" / "nuclio" / "function.yaml"

@@ -678,3 +678,111 @@ def test_revoke_with_a_run_in_flight_frees_the_window_and_ignores_its_late_resul
     assert [run_offsets(w) for w in more] == [(1, [0, 1])], "the forgotten run left the window"
     d.complete(0, [run_done(batch[0], 4), run_done(more[0], 2)], 0.0)
     assert d.commit_positions() == {(T, 1): 2}
+
+
+# -- revoke, lost and shutdown paths (issue #12) -----------------------------------------------------
+
+
+def test_a_kill_at_a_deadline_blames_nobody_for_every_failure_action() -> None:
+    # A record still running at the rebalance or shutdown deadline never failed: whatever onError
+    # says, it goes back to its lane with its attempt count, and nothing is committed past it.
+    for action in (OnError.SKIP, OnError.DEADLETTER, OnError.STOP):
+        d = make(workers=1, max_retries=0, action=action)
+        d.assign([(T, 0), (T, 1)])
+        d.add([rec(0, 0), rec(0, 1), rec(1, 0)])
+        batch = d.take_dispatches(0.0)[0]
+        assert offsets(batch)[0] == (0, 0)
+        d.begin_revoke([(T, 0)])
+        failures = d.worker_lost(
+            0, "killed at the rebalance deadline", 1.0, head_running=True, blameless=True
+        )
+        assert failures == [], action
+        assert d.take_dead_letters() == []
+        assert d.commit_positions() == {(T, 0): 0, (T, 1): 0}, (
+            f"{action}: committed past a record that never finished"
+        )
+        assert d.outcomes == {}, action
+        assert [v[4] for v in d.partition_view()] == [False, False], f"{action}: a partition stopped"
+        d.worker_ready(0)
+        redo = d.take_dispatches(2.0)[0]
+        # The revoked partition's records are not sent again here; the kept one's is, unblamed.
+        assert offsets(redo) == [(1, 0)] and redo[0][F_ATTEMPT] == 1 and redo[0][F_RETRY] is False
+
+
+def test_a_kill_at_the_shutdown_deadline_leaves_the_attempt_count_unchanged() -> None:
+    d = make(workers=1, max_retries=0, action=OnError.SKIP)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    d.take_dispatches(0.0)
+    assert d.worker_lost(0, "killed at workerTerminationTimeout", 1.0, blameless=True) == []
+    d.worker_ready(0)
+    redo = d.take_dispatches(2.0)[0]
+    assert offsets(redo) == [(0, 0), (0, 1)], "not suspects either: they may go together"
+    assert [e[F_ATTEMPT] for e in redo] == [1, 1]
+    assert d.commit_positions() == {(T, 0): 0}
+
+
+def test_only_a_worker_running_a_revoked_record_is_to_be_killed() -> None:
+    d = make(workers=2, mode=AllocationMode.STATIC)
+    d.assign([(T, 0), (T, 1), (T, 2)])
+    d.add([rec(0, 0), rec(2, 0), rec(1, 0)])  # worker 0: partition 0 running, partition 2 queued
+    d.take_dispatches(0.0)
+    assert d.workers_busy_with([(T, 2)]) == {0}
+    assert d.workers_running([(T, 2)]) == set(), "worker 0 runs a record of partition 0, which stays"
+    assert d.workers_running([(T, 0), (T, 1)]) == {0, 1}
+
+
+def test_acks_count_while_revoking_until_the_partition_is_forgotten() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1), rec(0, 2)])
+    batch = d.take_dispatches(0.0)[0]
+    d.begin_revoke([(T, 0)])
+    assert d.ack(T, 0, 1) is True, "an ack from a handler running during the rebalance wait"
+    d.complete(0, ok(batch), 0.0)
+    assert d.ack(T, 0, 0) is True, "an ack from the drain callback"
+    assert d.commit_positions([(T, 0)]) == {(T, 0): 2}
+    d.forget([(T, 0)])
+    assert d.ack(T, 0, 2) is False, "forgotten: the next owner handles it"
+
+
+def test_a_lost_partition_assigned_back_waits_for_calls_of_the_old_generation() -> None:
+    d = make(workers=2)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    ((wid, old),) = d.take_dispatches(0.0).items()
+    d.begin_revoke([(T, 0)])
+    d.forget([(T, 0)])  # lost: nothing waited for, nothing committed
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1), rec(0, 2)])
+    assert d.take_dispatches(1.0) == {}, "old calls still run on a worker: the partition must wait"
+    d.complete(wid, ok(old[:1]), 1.0)
+    assert d.take_dispatches(1.0) == {}, "one old call is still queued"
+    d.complete(wid, [[old[1][F_SEQ], Status.DEFERRED, 0.0, None, None]], 1.0)
+    assert offsets(d.take_dispatches(1.0)[wid]) == [(0, 0), (0, 1), (0, 2)]
+    assert d.commit_positions() == {(T, 0): 0}, "late results of the old generation count for nothing"
+
+
+def test_a_lost_partition_assigned_back_waits_until_the_old_worker_dies() -> None:
+    d = make(workers=2)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 3)])
+    ((wid, _old),) = d.take_dispatches(0.0).items()
+    d.begin_revoke([(T, 0)])
+    d.forget([(T, 0)])
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    assert d.take_dispatches(1.0) == {}
+    assert d.worker_lost(wid, "eventTimeout", 2.0) == [], "old-generation records blame nobody here"
+    assert offsets(d.take_dispatches(2.0)[1 - wid]) == [(0, 0)]
+
+
+def test_a_free_lane_avoids_a_worker_still_running_a_call_of_a_forgotten_partition() -> None:
+    d = make(workers=2)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, 0)])
+    ((wid, _),) = d.take_dispatches(0.0).items()
+    d.begin_revoke([(T, 0)])
+    d.forget([(T, 0)])  # lost while its call runs (and may run for long) on worker ``wid``
+    d.add([rec(1, 0), rec(1, 1)])
+    assert list(d.take_dispatches(1.0)) == [1 - wid], "partition 1 must not queue behind the old call"

@@ -747,3 +747,59 @@ def test_stdlib_logging_joins_the_json_lines_with_the_event_fields(harness: Work
     assert all(line.items() >= worker.items() for line in lines), lines
     assert lines[2]["ms"] == 250  # `extra` fields come along
     assert "debug is below" not in harness.log()  # the configured level (info) applies
+
+
+def test_cancel_reaches_the_worker_while_a_sync_handler_of_another_lane_runs(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    # Issue #12 item 2: a sync handler blocks the worker's event loop; the CANCEL for a revoked
+    # lane's queued events must still be read at once, so their DEFERRED results come back while
+    # the call of the staying lane runs (the supervisor then need not kill this worker).
+    flag = tmp_path / "go"
+    harness.start("basic:handler")
+    harness.events(
+        wire_event(0, f"wait:{flag}".encode(), lane=8),
+        wire_event(1, b"greet", lane=7),
+        wire_run(2, [b"greet", b"greet"], lane=7),
+        wire_event(3, b"x", lane=8),
+    )
+    deadline = time.monotonic() + 10
+    while {"waiting": 0} not in harness.observed():
+        assert time.monotonic() < deadline, "event 0 never started"
+        select.select([], [], [], 0.01)
+    harness.send([Msg.CANCEL, [7]])
+    try:
+        cancelled = collect(harness, 2)
+        assert sorted((r[0], r[1]) for r in cancelled) == [(1, DEFERRED), (2, DEFERRED)]
+        assert {"waiting": 0} in harness.observed() and not flag.exists()
+    finally:
+        flag.touch()
+    results, _ = harness.results(2)
+    assert statuses(results) == [(0, OK), (3, OK)]
+    assert not [entry for entry in harness.observed() if "greeting" in entry], "cancelled events ran"
+
+
+def test_drain_and_terminate_are_read_while_a_sync_handler_runs(
+    harness: WorkerHarness, tmp_path: Path
+) -> None:
+    # Control frames sent while a sync call blocks the loop take effect right after that call:
+    # DRAIN ahead of the queued event, TERMINATE after it.
+    flag = tmp_path / "go"
+    harness.start("basic:handler")
+    harness.events(wire_event(0, f"wait:{flag}".encode()), wire_event(1, b"greet"))
+    deadline = time.monotonic() + 10
+    while {"waiting": 0} not in harness.observed():
+        assert time.monotonic() < deadline, "event 0 never started"
+        select.select([], [], [], 0.01)
+    harness.send([Msg.DRAIN, 5])
+    harness.send([Msg.TERMINATE])
+    flag.touch()
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert harness.next_message() == [Msg.DRAINED, 5]
+    results, _ = harness.results(1)
+    assert statuses(results) == [(1, OK)]
+    assert harness.next_message() == [Msg.TERMINATED]
+    assert harness.wait_exit() == 0
+    callbacks = [entry["callback"] for entry in harness.observed() if "callback" in entry]
+    assert callbacks == ["drain", "terminate"]

@@ -6,7 +6,13 @@ Pieces (all driven from the test's main thread, except the producer and the comm
   ``end``, ``fail``, ``hang``) with one ``os.write`` on an ``O_APPEND`` descriptor, so lines of different
   worker processes never interleave. A record with ``"fail": N`` raises on its first N attempts, counted
   across every worker and instance with marker files (a poison record that eventually succeeds); a
-  record with ``"hang": true`` blocks its first attempt for ``HANG_S`` (far beyond eventTimeout).
+  record with ``"hang": true`` blocks its first attempt for ``HANG_S`` (far beyond eventTimeout); one
+  with ``"slow": S`` sleeps S s on its first call (past the rebalance wait, within eventTimeout); one
+  with ``"delay": S`` sleeps S s on every call (a burst of them fills buffers: backpressure). In the
+  triggers named in ``ACK_TRIGGERS`` (explicitAckMode: explicitOnly) every record is acked at once,
+  except one with ``"ack_later": true``: kept, and acked by the drain or termination callback, or by
+  a call of the same worker ``ACK_LATER_S`` later (so it is acked without a rebalance too); the
+  callbacks write ``drain_acks`` / ``terminate_acks`` lines (how many they acked).
 * :class:`ChaosProducer`: one record per topic every ``1/rate`` s, keys drawn from a seeded RNG,
   partition = key index mod partitions, a sequence number per key; it talks to the broker directly,
   so production goes on while streamworker's connection is cut. Delivery reports are the truth.
@@ -40,7 +46,13 @@ import math
 import os
 import time
 
+from streamworker.worker.sdk import QualifiedOffset
+
 INSTANCE = os.environ.get("INSTANCE", "")
+ACK_TRIGGERS = {name for name in os.environ.get("ACK_TRIGGERS", "").split(",") if name}
+ACK_LATER_S = 6.0
+# (QualifiedOffset, monotonic time) of "ack_later" records this worker handled and has not acked yet.
+kept = []
 DELAY_S = float(os.environ.get("HANDLER_DELAY_S", "0"))
 HANG_S = float(os.environ.get("HANG_S", "60"))
 MARKS = os.environ["LEDGER"] + ".marks"
@@ -53,6 +65,19 @@ def write(kind, fields):
     line = (json.dumps(entry) + "\\n").encode()
     assert len(line) < 4096, "ledger lines must stay below PIPE_BUF to be atomic"
     os.write(LEDGER_FD, line)
+
+
+def ack_kept(context, kind):
+    if kept:
+        for qualified, _ in kept:
+            context.platform.explicit_ack_sync(qualified)
+        write(kind, {"worker": context.worker_id, "topic": "", "id": "", "acked": len(kept)})
+        kept.clear()
+
+
+def init_context(context):
+    context.platform.set_drain_callback(lambda: ack_kept(context, "drain_acks"))
+    context.platform.set_termination_callback(lambda: ack_kept(context, "terminate_acks"))
 
 
 def first_time(name):
@@ -85,9 +110,23 @@ def handler(context, event):
     if body.get("hang") and first_time(body["id"] + ".hang"):
         write("hang", fields)
         time.sleep(HANG_S)
+    if body.get("slow") and first_time(body["id"] + ".slow"):
+        write("slow", fields)
+        time.sleep(float(body["slow"]))
+    if body.get("delay"):
+        time.sleep(float(body["delay"]))
     if DELAY_S:
         time.sleep(DELAY_S)
     write("end", fields)
+    if event.trigger.name in ACK_TRIGGERS:
+        now = time.monotonic()
+        while kept and now - kept[0][1] >= ACK_LATER_S:
+            context.platform.explicit_ack_sync(kept.pop(0)[0])
+        qualified = QualifiedOffset.from_event(event)
+        if body.get("ack_later"):
+            kept.append((qualified, now))
+        else:
+            context.platform.explicit_ack_sync(qualified)
     return "ok"
 """
 
@@ -98,6 +137,18 @@ QUICK_CONSUMER_CONFIG = {
     "max.poll.interval.ms": 30000,
 }
 EVENT_TIMEOUT_S = 2.0
+# Rebalance wait (maxWaitHandlerDuringRebalance) below eventTimeout, so a sync call can outlast the
+# wait without being a hung call: SLOW_S lies between the two (issue #12's first fault).
+REBALANCE_WAIT_S = 1.0
+SLOW_S = 1.6
+SLOW_RECORDS = 6  # consecutive records per topic made slow before a join
+# Backpressure: a burst of records that each take BURST_DELAY_S fills the partitions' buffers
+# (MAX_BUFFERED_RECORDS) for several seconds, so a member joining and leaving moves paused partitions.
+MAX_BUFFERED_RECORDS = 50
+BURST_RECORDS = 400
+BURST_DELAY_S = 0.02
+# Explicit acks given in callbacks: this many consecutive records per topic are acked late (see HANDLER).
+ACK_LATER_RECORDS = 40
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -127,17 +178,25 @@ def function_config(
     triggers: Mapping[str, tuple[str, str, str]],  # trigger name -> (mode, topic, group)
     ledger: Path,
     workers: int,
+    ack_triggers: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """*ack_triggers*: triggers with explicitAckMode explicitOnly (acks made by HANDLER)."""
     spec: dict[str, Any] = {
         "handler": "main:handler",
         "eventTimeout": f"{EVENT_TIMEOUT_S:g}s",
-        "env": {"LEDGER": str(ledger), "HANDLER_DELAY_S": "0.004", "HANG_S": "60"},
+        "env": {
+            "LEDGER": str(ledger),
+            "HANDLER_DELAY_S": "0.004",
+            "HANG_S": "60",
+            "ACK_TRIGGERS": ",".join(ack_triggers),
+        },
         "triggers": {},
     }
     for name, (mode, topic, group) in triggers.items():
         spec["triggers"][name] = {
             "kind": "kafka-cluster",
             "numWorkers": workers,
+            **({"explicitAckMode": "explicitOnly"} if name in ack_triggers else {}),
             "workerTerminationTimeout": "5s",
             "attributes": {
                 "brokers": brokers,
@@ -147,7 +206,8 @@ def function_config(
                 "workerAllocationMode": mode,
                 "balanceStrategy": "cooperative-sticky",
                 **QUICK_PROFILE,
-                "maxWaitHandlerDuringRebalance": "3s",
+                "maxWaitHandlerDuringRebalance": f"{REBALANCE_WAIT_S:g}s",
+                "maxBufferedRecords": MAX_BUFFERED_RECORDS,
                 "retryBackoff": "100ms",
                 "retryMaxBackoff": "1s",
                 # Poison records fail a few times, and kills add failed attempts: never give up here
@@ -181,12 +241,24 @@ class ChaosProducer(threading.Thread):
         self._lock = threading.Lock()
         self._next = 0
         self._pending: dict[str, Any] = {}
+        self._pending_left = 0  # how many more records get ``_pending``
+        self._burst = 0  # records to send at once with the next tick
+        self._burst_extras: dict[str, Any] = {}
         self._stop_event = threading.Event()
 
-    def inject(self, extras: Mapping[str, Any]) -> dict[str, str]:
-        """Put *extras* (``fail``/``hang``) into the next record of every topic; returns their ids."""
+    def inject(self, extras: Mapping[str, Any], count: int = 1) -> dict[str, str]:
+        """Put *extras* (``fail``/``hang``/``slow``) into the next *count* records of every topic;
+        returns the first one's ids."""
         with self._lock:
             self._pending.update(extras)
+            self._pending_left = max(self._pending_left, count)
+            return {topic: self._id(topic, self._next) for topic in self.topics}
+
+    def burst(self, count: int, extras: Mapping[str, Any]) -> dict[str, str]:
+        """Send *count* extra records per topic at once with the next tick, each with *extras*."""
+        with self._lock:
+            self._burst = count
+            self._burst_extras = dict(extras)
             return {topic: self._id(topic, self._next) for topic in self.topics}
 
     def _id(self, topic: str, n: int) -> str:
@@ -240,23 +312,34 @@ class ChaosProducer(threading.Thread):
         started = next_at = time.monotonic()
         while not self._stop_event.is_set() and time.monotonic() - started < self.max_seconds:
             with self._lock:
-                n, extras = self._next, self._pending
-                self._next, self._pending = n + 1, {}
-            key_index = self.rng.randrange(self.size.keys)
-            key = f"k{key_index:02d}"
-            seq = seqs.get(key, 0)
-            seqs[key] = seq + 1
-            for topic in self.topics:
-                body = {"id": self._id(topic, n), "key": key, "seq": seq, "ts": time.time(), **extras}
-                producer.produce(
-                    topic,
-                    value=json.dumps(body),
-                    key=key,
-                    partition=key_index % self.size.partitions,
-                    on_delivery=self._on_delivery,
-                )
-                self.sent += 1
-            producer.poll(0)
+                burst, self._burst = self._burst, 0
+                batch = []
+                for _ in range(1 + burst):
+                    n, extras = self._next, self._pending
+                    if burst:
+                        extras = {**extras, **self._burst_extras}
+                        burst -= 1
+                    self._pending_left = max(0, self._pending_left - 1)
+                    self._next = n + 1
+                    if not self._pending_left:
+                        self._pending = {}
+                    batch.append((n, extras))
+            for n, extras in batch:
+                key_index = self.rng.randrange(self.size.keys)
+                key = f"k{key_index:02d}"
+                seq = seqs.get(key, 0)
+                seqs[key] = seq + 1
+                for topic in self.topics:
+                    body = {"id": self._id(topic, n), "key": key, "seq": seq, "ts": time.time(), **extras}
+                    producer.produce(
+                        topic,
+                        value=json.dumps(body),
+                        key=key,
+                        partition=key_index % self.size.partitions,
+                        on_delivery=self._on_delivery,
+                    )
+                    self.sent += 1
+                producer.poll(0)
             next_at += interval
             # Pacing of the stream (not synchronisation): wait for the next send slot or a stop.
             self._stop_event.wait(max(0.0, next_at - time.monotonic()))
@@ -486,7 +569,9 @@ class Fleet:
 @dataclass(frozen=True)
 class Step:
     at: float  # seconds after the phase started
-    action: str  # kill_worker | kill_supervisor | join | leave | cut | restore | hang | poison
+    # kill_worker | kill_supervisor | join | leave | cut | restore | hang | poison | slow_join |
+    # burst_join | ack_join | ack_later
+    action: str
     choice: int = 0  # picks the target among the candidates present at that moment
 
 
@@ -538,16 +623,48 @@ def make_schedule(seed: int, long: bool) -> list[Phase]:
         steps.append(Step(round(t, 2), "poison", rng.randint(2, 4)))
         t += rng.uniform(2.0, 3.0)
     phases.append(Phase("hang + poison", tuple(steps), t + 1.0))
+    # Sync calls longer than the rebalance wait running when a member joins (issue #12): they are
+    # killed at the deadline and must run again, unblamed; then the member leaves.
+    for n in range(2 if long else 1):
+        leave_at = round(0.5 + rng.uniform(6.0, 9.0), 2)
+        phases.append(
+            Phase(
+                f"slow calls at a join {n + 1}",
+                (Step(0.5, "slow_join"), Step(leave_at, "leave")),
+                leave_at + 2.0,
+            )
+        )
+    # A burst fills the buffers (partitions paused by backpressure) while a member joins and leaves:
+    # paused partitions move away and back, and must be fetched again (issue #12).
+    for n in range(2 if long else 1):
+        leave_at = round(0.5 + rng.uniform(6.0, 9.0), 2)
+        phases.append(
+            Phase(
+                f"paused partitions move {n + 1}",
+                (Step(0.5, "burst_join"), Step(leave_at, "leave")),
+                leave_at + 2.0,
+            )
+        )
+    # Records acked only in drain/termination callbacks (or seconds later) while a member joins and
+    # leaves: those acks must count (issue #12). The first batch is kept by A's workers until the
+    # revoke runs their drain callbacks; the second, sent once B has partitions, partly by B's until
+    # its termination callbacks. The phase outlasts ACK_LATER_S after the leave, and there is no
+    # ack_later in the mixed phase: a worker killed while it keeps unacked records would leave them
+    # open for good (explicitOnly has no redelivery).
+    leave_at = round(0.5 + rng.uniform(7.0, 9.0), 2)
+    steps = (Step(0.5, "ack_join"), Step(round(leave_at - 1.5, 2), "ack_later"), Step(leave_at, "leave"))
+    phases.append(Phase("acks in callbacks", steps, leave_at + 8.0))
     # Everything mixed: random times, overlapping faults.
     length = 120.0 if long else 20.0
     steps = []
     kinds = ["kill_worker"] * (12 if long else 3) + ["kill_supervisor"] * (3 if long else 1)
     kinds += ["hang"] * (3 if long else 1) + ["poison"] * (3 if long else 1) + ["join"] * (4 if long else 1)
     kinds += ["cut"] * (3 if long else 1)
+    kinds += ["slow_join", "burst_join"] if long else []
     for kind in kinds:
         at = round(rng.uniform(0.5, length - 4.0), 2)
-        if kind == "join":
-            steps.append(Step(at, "join"))
+        if kind in ("join", "slow_join", "burst_join"):
+            steps.append(Step(at, kind))
             steps.append(Step(round(at + rng.uniform(3.0, 8.0), 2), "leave"))
         elif kind == "cut":
             at = round(rng.uniform(0.5, length - 12.0), 2)
@@ -674,6 +791,24 @@ class ChaosRun:
                 return
             member = fleet.start("B")
             self._incident("join", phase, f"{member.label} joins")
+        elif step.action == "ack_later":
+            self.producer.inject({"ack_later": True}, count=ACK_LATER_RECORDS)
+        elif step.action in ("slow_join", "burst_join", "ack_join"):
+            if step.action == "slow_join":
+                ids = self.producer.inject({"slow": SLOW_S}, count=SLOW_RECORDS)
+                what = f"{SLOW_RECORDS} calls of {SLOW_S:g}s per topic"
+            elif step.action == "ack_join":
+                ids = self.producer.inject({"ack_later": True}, count=ACK_LATER_RECORDS)
+                what = f"{ACK_LATER_RECORDS} records per topic acked late"
+            else:
+                ids = self.producer.burst(BURST_RECORDS, {"delay": BURST_DELAY_S})
+                what = f"burst of {BURST_RECORDS} x {BURST_DELAY_S:g}s per topic"
+            if "B" in fleet.up:
+                self.result.notes.append(f"{phase}: B already up, {what} without a join")
+                target = what
+            else:
+                target = f"{what}, {fleet.start('B').label} joins"
+            self._incident(step.action, phase, target, record_ids=ids)
         elif step.action == "leave":
             leaving = fleet.leave("B")
             if leaving is None:

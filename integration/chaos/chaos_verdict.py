@@ -26,6 +26,10 @@ Definitions (per trigger, i.e. per topic and consumer group):
 * **started after letting go**: a ``start`` line of an instance for a partition more than
   ``ZOMBIE_GRACE_S`` after that instance logged that it let the partition go (revoked, lost, stopped):
   such calls run alongside the partition's new owner.
+* **committed without a finished handler call**: a record the group's committed offset had passed
+  (the first sample showing it past) while no handler call of it had ended yet (no ``end`` line
+  before that answer arrived): committed, though never handled, e.g. a call killed at a rebalance
+  deadline and counted as a failed attempt (issue #12).
 * **redelivered though committed**: a redelivery that started after a commit sample already showed
   the group's position past that record. The new owner of a partition starts at the committed
   position, so this only happens if something ran a record it no longer owned.
@@ -69,6 +73,8 @@ ORPHAN_GRACE_S = 1.5
 ZOMBIE_GRACE_S = 0.1
 # A hung handler must be replaced within eventTimeout plus this (kill, respawn, retry backoff).
 HANG_RELEASE_SLACK_S = 4.0
+# Incidents that are (or include) a member joining or leaving.
+REBALANCES = ("join", "leave", "slow_join", "burst_join", "ack_join")
 # Incidents of this phase overlap: only the record-level checks apply to them.
 MIXED = "mixed"
 
@@ -110,7 +116,8 @@ class Tenure:
 @dataclass
 class Incident:
     number: int
-    kind: str  # worker_kill, supervisor_kill, join, leave, cut, hang, poison
+    # worker_kill, supervisor_kill, join, leave, cut, hang, poison, slow_join, burst_join, ack_join
+    kind: str
     phase: str
     start: float
     end: float
@@ -142,6 +149,7 @@ class TriggerVerdict:
     duplicates: int = 0
     unattributed: list[str] = field(default_factory=list)
     committed_redeliveries: list[str] = field(default_factory=list)
+    committed_unfinished: list[str] = field(default_factory=list)
     window_overruns: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # handler calls after their supervisor was killed
     zombies: list[str] = field(default_factory=list)  # handler calls for a partition the instance let go
@@ -161,6 +169,7 @@ class TriggerVerdict:
         out: list[str] = []
         for name, items in (
             ("lost", self.lost),
+            ("committed without a finished handler call", self.committed_unfinished),
             ("handled but never produced", self.unknown),
             ("handled at the wrong partition/offset", self.misplaced),
             ("duplicates with no preceding incident", self.unattributed),
@@ -301,7 +310,7 @@ def rebalance_ends(incidents: Sequence[Incident], ownership: Mapping[int, Timeli
     change it brought about: up to REBALANCE_MAX_S, and not past the next incident's start."""
     out = []
     for index, incident in enumerate(incidents):
-        if incident.kind in ("join", "leave"):
+        if incident.kind in REBALANCES:
             horizon = incident.start + REBALANCE_MAX_S
             if index + 1 < len(incidents):
                 horizon = min(horizon, incidents[index + 1].start)
@@ -317,6 +326,36 @@ def committed_before(times: Sequence[float], values: Sequence[int], t: float) ->
     """The committed offset the last sample answered before *t* showed (0: none yet)."""
     index = bisect.bisect_left(times, t) - 1
     return values[index] if index >= 0 else 0
+
+
+def committed_unfinished(
+    produced: Sequence[Produced],
+    first_end: Mapping[str, float],
+    commit_times: Mapping[int, Sequence[float]],
+    commit_values: Mapping[int, Sequence[int]],
+) -> list[str]:
+    """Records some commit sample showed passed before any handler call of them had ended."""
+    # Per partition, the highest committed offset seen so far at each sample: the first sample
+    # whose running maximum passes an offset is when that record counted as committed.
+    highest: dict[int, list[int]] = {
+        p: list(itertools.accumulate(values, max)) for p, values in commit_values.items()
+    }
+    out = []
+    for record in produced:
+        tops = highest.get(record.partition)
+        if not tops:
+            continue
+        index = bisect.bisect_right(tops, record.offset)
+        if index == len(tops):
+            continue  # never committed past it
+        seen = commit_times[record.partition][index]
+        ended = first_end.get(record.id)
+        if ended is None or ended > seen:
+            finished = "never handled" if ended is None else f"first call ended {ended:.3f}"
+            out.append(
+                f"{record.id} ({record.partition}/{record.offset}) committed by {seen:.3f}, {finished}"
+            )
+    return out
 
 
 def hits(incident: Incident, first: Entry, hung_pids: Mapping[int, set[int]]) -> bool:
@@ -430,6 +469,8 @@ def _touched(
     if incident.kind in ("hang", "poison"):
         rid = incident.record_ids.get(topic)
         return {by_id[rid].partition} if rid in by_id else None
+    if incident.kind in ("slow_join", "burst_join"):
+        return None  # slow calls or a burst in (nearly) every partition
     return set()
 
 
@@ -492,6 +533,7 @@ def analyse(
         for p, offset in sample.offsets.items():
             commit_times[p].append(sample.wall)
             commit_values[p].append(offset)
+    verdict.committed_unfinished = committed_unfinished(produced, first_end, commit_times, commit_values)
     ordered_incidents = rebalance_ends(sorted(incidents, key=lambda i: i.start), ownership)
     hung_pids: dict[int, set[int]] = defaultdict(set)
     for incident in ordered_incidents:
@@ -717,6 +759,7 @@ def render(
         ("records produced", [str(v.produced) for v in verdicts]),
         ("handled", [str(v.handled) for v in verdicts]),
         ("lost (must be 0)", [str(len(v.lost)) for v in verdicts]),
+        ("committed, no finished call (0)", [str(len(v.committed_unfinished)) for v in verdicts]),
         ("duplicates (total)", [str(v.duplicates) for v in verdicts]),
         ("  with no preceding fault", [str(len(v.unattributed)) for v in verdicts]),
         ("  redelivered though committed", [str(len(v.committed_redeliveries)) for v in verdicts]),

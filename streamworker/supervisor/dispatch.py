@@ -361,6 +361,11 @@ class Dispatcher:
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
         self._suspects: set[tuple[str, int, int]] = set()
+        # seq -> partition of items still queued on a worker when their partition was forgotten (a
+        # revoke cancelled them, or the partition was lost). If the partition comes back, nothing of
+        # it is dispatched until these are done or their worker is gone: never two of its records at
+        # once, never out of order.
+        self._orphans: dict[int, TopicPartition] = {}
         # (topic, result) -> count since start: success, error, retried, dead_lettered, skipped.
         self.outcomes: dict[tuple[str, str], int] = {}
         self._next_seq = 0
@@ -445,6 +450,20 @@ class Dispatcher:
             )
         }
 
+    def workers_running(self, tps: Iterable[TopicPartition]) -> set[int]:
+        """Workers whose running item (the head of their queue) is a record of ``tps``: the only ones
+        a revoke deadline may kill. Queued items behind it were cancelled and come back DEFERRED."""
+        lanes = {
+            lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes.values()
+        }
+        running = set()
+        for wid, slot in enumerate(self._workers):
+            if slot.outstanding:
+                item = self._inflight.get(slot.outstanding[0])
+                if item is not None and _lane_id(item) in lanes:
+                    running.add(wid)
+        return running
+
     def handled_by(self, tps: Iterable[TopicPartition]) -> set[int]:
         """Workers that were given records of any of ``tps`` since they were assigned."""
         return {wid for tp in tps if tp in self._partitions for wid in self._partitions[tp].handled_by}
@@ -462,6 +481,8 @@ class Dispatcher:
                 self._lanes.pop(lane_id, None)
                 self._runnable.pop(lane_id, None)
             gone = {seq for seq, item in self._inflight.items() if _lane_id(item) in lane_ids}
+            for seq in gone:
+                self._orphans[seq] = tp
             for slot in self._workers:
                 for seq in slot.outstanding:
                     if seq in gone:
@@ -577,6 +598,16 @@ class Dispatcher:
         if not any(f > 0 for f in free):
             return out
         emptied: list[int] = []
+        waiting = set(self._orphans.values()) if self._orphans else ()
+        # Workers whose running call is of a forgotten partition: it may run for long, and its
+        # window looks free. A lane free to choose goes to another worker when one has room.
+        busy_old: set[int] = set()
+        if self._orphans:
+            busy_old = {
+                w
+                for w, slot in enumerate(workers)
+                if slot.outstanding and slot.outstanding[0] in self._orphans
+            }
         for lane in self._runnable.values():
             if (
                 lane.returned
@@ -584,11 +615,16 @@ class Dispatcher:
                 or (lane.hold and lane.inflight)
                 or lane.parked is not None
                 or lane.partition.stopped
+                or (waiting and lane.partition.tp in waiting)
             ):
                 continue
             wid = lane.worker
             if wid is None:
                 wid = max(range(len(free)), key=free.__getitem__)
+                if wid in busy_old:
+                    others = [w for w in range(len(free)) if w not in busy_old and free[w] > 0]
+                    if others:
+                        wid = max(others, key=free.__getitem__)
             if free[wid] <= 0:
                 continue
             slot = workers[wid]
@@ -701,6 +737,8 @@ class Dispatcher:
                 self._drop_outstanding(slot, seq)
             record = inflight.pop(seq, None)
             if record is None:
+                if self._orphans:
+                    self._orphans.pop(seq, None)
                 continue  # its partition was revoked or lost meanwhile
             size = record[F_SIZE]
             slot.outstanding_bytes -= size
@@ -758,6 +796,7 @@ class Dispatcher:
         if type(run) is not Run:
             if status != _PROGRESS:
                 self._drop_outstanding(slot, seq)
+                self._orphans.pop(seq, None)
             return  # its partition was revoked or lost meanwhile
         lane = self._lanes[run.lane]
         state = lane.partition
@@ -801,7 +840,9 @@ class Dispatcher:
             except ValueError:
                 pass
 
-    def worker_lost(self, wid: int, reason: str, now: float, head_running: bool = True) -> list[Failure]:
+    def worker_lost(
+        self, wid: int, reason: str, now: float, head_running: bool = True, blameless: bool = False
+    ) -> list[Failure]:
         """A worker died or was killed; what was queued on it goes back to its lanes.
 
         ``head_running``: the caller knows the head of the worker's queue was the event running (the
@@ -809,8 +850,15 @@ class Dispatcher:
         have been reported). Then that record's attempt failed. Otherwise, with several events
         queued, nobody can tell which one was running: none is blamed, and each becomes a *suspect*
         that is re-run alone, so a record that kills its worker is found at its next crash.
+
+        ``blameless``: the worker was killed because a revoke or shutdown deadline came, not because
+        of its record: everything goes back with its attempt count, nobody is a suspect, and no
+        failure action (skip, dead-letter, stop) applies. The next owner (or start) runs it again.
         """
         slot = self._workers[wid]
+        if self._orphans:
+            for seq in slot.outstanding:
+                self._orphans.pop(seq, None)
         popped = (self._inflight.pop(seq, None) for seq in slot.outstanding)
         items = [item for item in popped if item is not None]
         touched: list[Lane] = []
@@ -832,10 +880,10 @@ class Dispatcher:
         failures: list[Failure] = []
         for index, record in enumerate(records):
             lane = self._lanes[record[F_LANE]]
-            if index == 0 and certain and head_known:
+            if index == 0 and certain and head_known and not blameless:
                 failures.append(self._fail(lane, record, "WorkerLost", reason, now))
             else:
-                if not certain:
+                if not certain and not blameless:
                     self._suspects.add((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
                 lane.returned.append(record)
         slot.outstanding.clear()
@@ -931,9 +979,13 @@ class Dispatcher:
         still running, failed or waits for a retry: those finish (or not) on their own. The record
         at ``offset`` itself may still be running (a handler acking its own event): it is closed
         when it completes, as with the record scope.
+
+        Acks count while the partition is revoking, up to ``forget``: a handler finishing during the
+        rebalance wait, a drain callback or a termination callback may ack, and the commit that
+        follows includes them (else the next owner would handle those records again).
         """
         state = self._partitions.get((topic, partition))
-        if state is None or state.revoking:
+        if state is None:
             return False
         if self.settings.ack_scope is ExplicitAckScope.CUMULATIVE and state.awaiting_ack:
             waiting = state.awaiting_ack

@@ -64,6 +64,8 @@ COMMIT_INTERVAL_SECONDS = 1.0
 RESULTS_QUIET_SECONDS = 0.1
 # A worker that stayed up this long is healthy again: its crash-loop backoff starts over.
 STABLE_WORKER_SECONDS = 30.0
+# Kills at a revoke or shutdown deadline: the record was not at fault, so nothing is blamed for it.
+DEADLINE_KILLS = frozenset({"rebalance_deadline", "shutdown_timeout"})
 
 
 class Outcome(enum.IntEnum):
@@ -201,16 +203,18 @@ class TriggerRunner:
         # Finished events are reported within ~10 ms (the worker's flusher), so after a quiet spell
         # the head of the queue is the event that was running; a kill is always about the head.
         head_running = process.kill_reason is not None or now - process.busy_since > RESULTS_QUIET_SECONDS
-        failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running)
+        blameless = process.kill_kind in DEADLINE_KILLS
+        failures = self.dispatcher.worker_lost(seat.worker_id, reason, now, head_running, blameless)
         for failure in failures:
             self._on_failure(failure)
         kind = process.kill_kind or "crash"
         self._restarts[kind] = self._restarts.get(kind, 0) + 1
         if now - process.started_at > STABLE_WORKER_SECONDS:
             seat.crashes = 0
-        seat.crashes += 1
-        delay = self._respawn_backoff.delay(seat.crashes)
-        seat.respawn_at = now + delay if seat.crashes > 1 else now
+        if not blameless:  # a deadline kill says nothing about the worker's health
+            seat.crashes += 1
+        crash_looping = seat.crashes > 1 and not blameless
+        seat.respawn_at = now + self._respawn_backoff.delay(seat.crashes) if crash_looping else now
         self.log.error(
             "worker died; replacing it",
             worker=seat.worker_id,
@@ -416,6 +420,13 @@ class TriggerRunner:
         self._count_rebalance("assign")
         self.log.info("partitions assigned", partitions=_fmt(tps))
         if not self._stopping:
+            # librdkafka keeps the application's pause flag across revoke and re-assign: a partition
+            # paused here (backpressure, onError: stop) when it was revoked would never be fetched
+            # again when it comes back, while the fresh state below says "not paused".
+            try:
+                consumer.resume(partitions)
+            except KafkaException as exc:
+                self.log.warning("resume on assign failed", partitions=_fmt(tps), error=str(exc))
             self.dispatcher.assign(tps)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -428,7 +439,10 @@ class TriggerRunner:
         self._cancel_queued(tps)
         deadline = started + self.attrs.max_wait_handler_during_rebalance
         self._wait_for_inflight(tps, deadline)
-        stuck = self.dispatcher.workers_busy_with(tps)
+        # Only workers running a record of ``tps``: queued ones were cancelled, and a worker running
+        # a record of a partition that stays is left alone (a cancelled item that did not report yet
+        # is forgotten below, and its partition waits for it if it comes back: Dispatcher._orphans).
+        stuck = self.dispatcher.workers_running(tps)
         for wid in stuck:
             self._kill_worker(
                 self.seats[wid], "handler still running at the rebalance deadline", "rebalance_deadline"
@@ -436,7 +450,9 @@ class TriggerRunner:
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
         # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
-        drained = self._drain(self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0))
+        drained, late = self._drain(
+            self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0)
+        )
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
         self.log.info(
@@ -445,6 +461,7 @@ class TriggerRunner:
             dropped_buffered=dropped,
             committed=committed,
             drained_workers=drained,
+            late_drain_workers=late,
             killed_workers=sorted(stuck),
             took_ms=round((time.monotonic() - started) * 1000, 1),
         )
@@ -458,37 +475,44 @@ class TriggerRunner:
             if process is not None:
                 process.send([Msg.CANCEL, lanes])
 
-    def _drain(self, worker_ids: set[int], deadline: float) -> list[int]:
-        """Run the drain callbacks of ``worker_ids`` and wait for each to report it done (bounded)."""
+    def _drain(self, worker_ids: set[int], deadline: float) -> tuple[list[int], list[int]]:
+        """Run the drain callbacks of ``worker_ids`` and wait for each to report it done (bounded).
+
+        Returns (drained, late): a worker is drained only if the process that was asked reported it;
+        one that missed the deadline, or died or was replaced meanwhile, is late.
+        """
         self._drain_requests += 1
         request = self._drain_requests
-        asked = []
+        asked: dict[int, WorkerProcess] = {}
         for wid in sorted(worker_ids):
             process = self.seats[wid].process
             if process is not None and process.state is WorkerState.READY:
                 process.send([Msg.DRAIN, request])
-                asked.append(wid)
+                asked[wid] = process
 
         def pending() -> list[int]:
             return [
                 wid
-                for wid in asked
-                if (process := self.seats[wid].process) is not None and request not in process.drained
+                for wid, process in asked.items()
+                if self.seats[wid].process is process and request not in process.drained
             ]
 
         while pending() and time.monotonic() < deadline:
             self._flush_writers()
             self._pump(min(0.05, max(0.0, deadline - time.monotonic())))
-        late = pending()
+        drained = [wid for wid, process in asked.items() if request in process.drained]
+        late = [wid for wid in asked if wid not in drained]
         if late:
             self.log.warning("drain callbacks did not finish before the rebalance deadline", workers=late)
-        return [wid for wid in asked if wid not in late]
+        return drained, late
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = _partition_list(partitions)
         self._count_rebalance("lost")
         self.dispatcher.begin_revoke(tps)
-        # Another member may own them already: do not start any more of their records here.
+        # Another member may own them already: do not start any more of their records here. Calls
+        # still running finish unwaited; if the partitions come back to us, none of their records is
+        # dispatched until those are done (Dispatcher._orphans).
         self._cancel_queued(tps)
         self.dispatcher.forget(tps)
         self.log.warning(
@@ -757,7 +781,7 @@ class TriggerRunner:
         return min(IDLE_POLL_SECONDS, max(0.0, due - now))
 
     def _shutdown(self, consumer: Consumer) -> None:
-        """Stop fetching, finish in-flight events (bounded), commit, terminate workers, leave the group."""
+        """Stop fetching, finish in-flight events (bounded), terminate workers, commit, leave the group."""
         self._stopping = True
         started = time.monotonic()
         if self._observed:
@@ -790,8 +814,9 @@ class TriggerRunner:
                 self._serve_dead_letters(time.monotonic())
                 self._pump(0.01)
             sink.close(1.0)
-        committed = self._commit(consumer, None, synchronous=True)
+        # Termination callbacks first: acks they give count in the commit that follows.
         self._terminate_workers(time.monotonic() + budget)
+        committed = self._commit(consumer, None, synchronous=True)
         consumer.close()
         self.log.info(
             "stopped",

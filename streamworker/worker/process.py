@@ -40,7 +40,6 @@ from streamworker.protocol import (
     Status,
     WorkerInit,
     encode,
-    read_available,
     summarize_durations,
     write_all_blocking,
 )
@@ -75,6 +74,8 @@ LOG_FORMAT_ENV_VAR = "STREAMWORKER_LOG_FORMAT"
 # Results are sent when the local queue runs empty, or after this long / this many results.
 FLUSH_INTERVAL_S = 0.010
 FLUSH_MAX_RESULTS = 500
+# Most bytes one read of the input pipe takes (the pipes are 1 MiB).
+READ_CHUNK = 1 << 20
 # After TERMINATED, how long background tasks started by the handler may keep running.
 TASK_GRACE_S = 1.0
 PARENT_POLL_S = 0.5
@@ -146,6 +147,11 @@ class Worker:
     Everything runs on one asyncio loop for the life of the process, so tasks a handler starts keep
     running between events and while idle. Events run one at a time, in the order received; DRAIN and
     TERMINATE take effect after the events received before them.
+
+    Frames are read by a thread of their own, not by the loop: a sync handler blocks the loop, and a
+    CANCEL must still drop the revoked lanes' queued events at once (their DEFERRED results go out
+    through the flusher thread), or the supervisor waits for them until its rebalance deadline and
+    kills a worker that was running a record of a partition that stays.
     """
 
     def __init__(self, in_fd: int, out_fd: int) -> None:
@@ -153,7 +159,10 @@ class Worker:
         self._out_fd = out_fd
         self._reader = FrameReader()
         # Wire events (lists) and control items (tuples: (DRAIN, request_id) / (TERMINATE, None)).
+        # The reader thread adds to it and rewrites it on CANCEL; the loop takes from it: both under
+        # ``_inbox_lock`` (a rewrite must not race a popleft).
         self._inbox: deque[Any] = deque()
+        self._inbox_lock = threading.Lock()
         self._init_data: dict[str, Any] | None = None
         self._eof = False
         self._terminate_pending = False
@@ -188,43 +197,65 @@ class Worker:
 
     # -- I/O ------------------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        try:
-            messages, eof = read_available(self._in_fd, self._reader)
-        except ProtocolError as exc:
-            self._protocol_error = str(exc)
-            messages, eof = [], True
-        except OSError:
-            messages, eof = [], True
+    def _start_reader(self) -> None:
+        """Read frames on a daemon thread until end of input (see the class docstring for why)."""
+        self._reading = True
+        threading.Thread(target=self._read_frames, name="streamworker-frame-reader", daemon=True).start()
+
+    def _read_frames(self) -> None:
+        while True:
+            try:
+                data = os.read(self._in_fd, READ_CHUNK)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            messages: list[list[Any]] = []
+            eof = not data
+            if data:
+                try:
+                    messages = self._reader.feed(data)
+                except ProtocolError as exc:
+                    self._protocol_error = str(exc)
+                    eof = True
+            self._accept(messages, eof)
+            if eof:
+                return
+
+    def _accept(self, messages: list[list[Any]], eof: bool) -> None:
+        """Apply frames read from the supervisor (reader thread), then wake the loop."""
         inbox = self._inbox
-        for message in messages:
-            kind = message[0]
-            if kind == _EVENTS:
-                inbox.extend(message[1])
-            elif kind == _DRAIN:
-                # Ahead of queued events: a drain is about partitions whose records are all done
-                # already (the supervisor waits for them first); other partitions' events can wait.
-                inbox.appendleft((_DRAIN, message[1]))
-            elif kind == _CANCEL:
-                self._cancel(set(message[1]))
-            elif kind == _TERMINATE:
-                inbox.append((_TERMINATE, None))
-                self._terminate_pending = True
-            elif kind == _INIT and self._init_data is None:
-                self._init_data = message[1]
-            elif self._log is not None:
-                self._log.warning("ignoring unexpected message from the supervisor", kind=kind)
-        if eof:
-            self._eof = True
-            self._stop_reading()
-        assert self._wakeup is not None
-        self._wakeup.set()
+        with self._inbox_lock:
+            for message in messages:
+                kind = message[0]
+                if kind == _EVENTS:
+                    inbox.extend(message[1])
+                elif kind == _DRAIN:
+                    # Ahead of queued events: a drain is about partitions whose records are all done
+                    # already (the supervisor waits for them first); other partitions' events can wait.
+                    inbox.appendleft((_DRAIN, message[1]))
+                elif kind == _CANCEL:
+                    self._cancel(set(message[1]))
+                elif kind == _TERMINATE:
+                    inbox.append((_TERMINATE, None))
+                    self._terminate_pending = True
+                elif kind == _INIT and self._init_data is None:
+                    self._init_data = message[1]
+                elif self._log is not None:
+                    self._log.warning("ignoring unexpected message from the supervisor", kind=kind)
+            if eof:
+                self._eof = True
+                self._reading = False
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting
+                loop.call_soon_threadsafe(wakeup.set)
 
     def _cancel(self, lanes: set[Any]) -> None:
         """Drop queued events of revoked lanes unrun, so a rebalance waits only for the running one.
 
         Their new owner fetches them again from the committed offset; DEFERRED tells the supervisor
-        they did not run.
+        they did not run. Runs on the reader thread with ``_inbox_lock`` held.
         """
         inbox = self._inbox
         active = self._run_active
@@ -244,9 +275,9 @@ class Worker:
         inbox.extend(kept)
 
     def _stop_reading(self) -> None:
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self._in_fd)
-            self._reading = False
+        # The reader thread is a daemon blocked in read(): it ends with the process. Frames read
+        # after this are not acted on (the loop no longer takes from the inbox).
+        self._reading = False
 
     def _write(self, data: bytes) -> None:
         try:
@@ -339,10 +370,9 @@ class Worker:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._wakeup = asyncio.Event()
-        os.set_blocking(self._in_fd, False)
+        os.set_blocking(self._in_fd, True)
         os.set_blocking(self._out_fd, True)
-        loop.add_reader(self._in_fd, self._on_readable)
-        self._reading = True
+        self._start_reader()
         try:
             while self._init_data is None:
                 if self._protocol_error is not None:
@@ -420,6 +450,7 @@ class Worker:
     async def _serve(self) -> int:
         assert self.loaded is not None and self.context is not None
         inbox = self._inbox
+        inbox_lock = self._inbox_lock
         results = self._results
         held = self._held
         handler = self.loaded.handler
@@ -444,7 +475,12 @@ class Worker:
                 last_flush = self._last_flush = perf()
                 continue
 
-            item = inbox.popleft()
+            with inbox_lock:
+                item = inbox.popleft()
+                if type(item) is list and len(item) == RUN_LENGTH:
+                    # Active from the moment it leaves the inbox, so a CANCEL read meanwhile stops it.
+                    self._run_cancelled = False
+                    self._run_active = [item[F_SEQ], 0, [], item[F_LANE]]
             if type(item) is not list:
                 code = await self._control(item)
                 if code is not None:
@@ -490,10 +526,6 @@ class Worker:
 
             if t1 - last_flush >= FLUSH_INTERVAL_S or len(results) >= FLUSH_MAX_RESULTS:
                 self._flush()
-                # Read the pipe now rather than through the loop's reader callback: after sleep(0)
-                # this task resumes before that callback runs, so a DRAIN could wait a whole batch.
-                if self._reading:
-                    self._on_readable()
                 # Let background tasks run.
                 await sleep(0)
                 if self._eof and not self._terminate_pending:
@@ -514,7 +546,9 @@ class Worker:
         if item[R_RETRY]:
             held.discard(lane)
         elif held and lane in held:
-            self._results.append([seq, _DEFERRED, 0.0, None, None, summarize_durations([])])
+            with self._write_lock:
+                self._run_active = None
+                self._results.append([seq, _DEFERRED, 0.0, None, None, summarize_durations([])])
             return None
         handler = self.loaded.handler
         context = self.context
@@ -525,10 +559,10 @@ class Worker:
         isawaitable = inspect.isawaitable
         topic, partition = item[R_TOPIC], item[R_PARTITION]
         offsets, keys, values, headers, stamps = item[R_OFFSETS : R_TIMESTAMPS + 1]
-        durations: list[float] = []
-        progress = [seq, 0, durations, lane]
-        self._run_active = progress
-        self._run_cancelled = False
+        # Set by ``_serve`` as the run left the inbox: [seq, reported, durations, lane].
+        progress = self._run_active
+        assert progress is not None and progress[0] == seq
+        durations: list[float] = progress[2]
         final: list[Any] | None = None
         failure: tuple[BaseException, Event] | None = None
         for index in range(len(offsets)):
@@ -561,8 +595,6 @@ class Worker:
                 break
             if perf() - self._last_flush >= FLUSH_INTERVAL_S:
                 self._flush()
-                if self._reading:
-                    self._on_readable()
                 await asyncio.sleep(0)
                 if self._eof and not self._terminate_pending:
                     self._run_active = None
