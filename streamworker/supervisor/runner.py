@@ -181,12 +181,24 @@ class TriggerRunner:
         seat.process = process
         seat.respawn_at = None
         self.selector.register(process.read_fd, selectors.EVENT_READ, seat)
+        if process.exit_fd >= 0:
+            # The pipe's end of file can be held back by a process the handler started: watch the exit.
+            self.selector.register(process.exit_fd, selectors.EVENT_READ, seat)
         self.log.info("worker started", worker=seat.worker_id, pid=process.pid)
+
+    def _unwatch(self, process: WorkerProcess) -> None:
+        """Take the worker's descriptors out of the selector (before they are closed)."""
+        for fd in (process.read_fd, process.exit_fd):
+            if fd >= 0:
+                try:
+                    self.selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
 
     def _on_worker_gone(self, seat: WorkerSeat, reason: str, now: float) -> None:
         process = seat.process
         assert process is not None
-        self.selector.unregister(process.read_fd)
+        self._unwatch(process)
         stopping = process.state is WorkerState.STOPPING
         code = process.reap(timeout=2.0)
         seat.process = None
@@ -268,7 +280,7 @@ class TriggerRunner:
             messages, eof = process.receive()
             if messages:
                 self._handle_messages(seat, messages, now)
-            if eof:
+            if eof or key.fd == process.exit_fd:
                 self._on_worker_gone(seat, process.kill_reason or "worker process exited", now)
 
     def _observe_durations(self, results: list[list[Any]]) -> None:
@@ -805,7 +817,7 @@ class TriggerRunner:
             if seat.process is not None:
                 self.log.warning("worker did not stop in time; killing it", worker=seat.worker_id)
                 seat.process.kill()
-                self.selector.unregister(seat.process.read_fd)
+                self._unwatch(seat.process)
                 seat.process.reap(timeout=5.0)
                 seat.process = None
 
@@ -814,10 +826,7 @@ class TriggerRunner:
         for seat in self.seats:
             if seat.process is not None:
                 seat.process.kill()
-                try:
-                    self.selector.unregister(seat.process.read_fd)
-                except (KeyError, ValueError):
-                    pass
+                self._unwatch(seat.process)
                 seat.process.reap(timeout=5.0)
                 seat.process = None
         if self.consumer is not None:
