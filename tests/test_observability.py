@@ -200,6 +200,13 @@ def test_live_while_the_loop_turns() -> None:
     assert liveness(["t"], {"t": replace(stale, stopping=True)}, now=1000.0, timeout=30.0, started_at=0.0).ok
 
 
+def test_a_failed_trigger_is_not_live_even_while_it_stops() -> None:
+    failed = snapshot(now=999.0, failed="fatal Kafka client error _FENCED: fenced", stopping=True)
+    verdict = liveness(["t"], {"t": failed}, now=1000.0, timeout=30.0, started_at=0.0)
+    assert not verdict.ok
+    assert verdict.reasons == ("trigger t: failed: fatal Kafka client error _FENCED: fenced",)
+
+
 def test_a_trigger_without_a_snapshot_is_live_for_the_timeout_after_start() -> None:
     assert liveness(["t"], {}, now=1010.0, timeout=30.0, started_at=1000.0).ok
     assert not liveness(["t"], {}, now=1031.0, timeout=30.0, started_at=1000.0).ok

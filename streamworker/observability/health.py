@@ -5,8 +5,9 @@ published to the ``MetricsObserver``, so a slow scrape never touches a poll loop
 when the server is created, so a busy port is reported before any worker or consumer starts.
 
 * ``/live``: 200 while every trigger's poll loop made a pass within ``live_timeout`` (a runner stuck
-  in a callback, a deadlock, a wedged client), else 503. A stopping trigger counts as live: the
-  process is on its way out anyway and a restart would only cut the shutdown short.
+  in a callback, a deadlock, a wedged client) and no trigger failed (a fatal client error), else
+  503. A stopping trigger counts as live: the process is on its way out anyway and a restart would
+  only cut the shutdown short.
 * ``/ready``: 200 once every trigger joined its consumer group and all its workers finished
   ``init_context``, while no partition is stopped by ``onError: stop`` and no stop was requested;
   else 503. Both answer with a JSON body saying why.
@@ -105,6 +106,10 @@ def liveness(
     reasons = []
     for trigger in triggers:
         snap = snapshots.get(trigger)
+        if snap is not None and snap.failed is not None:
+            # Checked before ``stopping``: a failed trigger is winding down too, but must be restarted.
+            reasons.append(f"trigger {trigger}: failed: {snap.failed}")
+            continue
         if snap is not None and snap.stopping:
             continue
         last = started_at if snap is None else max(snap.last_loop_at, snap.taken_at)

@@ -39,6 +39,8 @@ class TriggerSnapshot:
     rebalances: Mapping[str, int] = field(default_factory=dict)  # assign / revoke / lost -> n
     worker_restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> n
     stopping: bool = False
+    # Set when the trigger failed for good (a fatal client error...): not live, whatever else holds.
+    failed: str | None = None
 
 
 class RunnerObserver(Protocol):

@@ -162,6 +162,8 @@ class TriggerRunner:
         self._last_loop_at = time.monotonic()
         self._rebalances: dict[str, int] = {}
         self._restarts: dict[str, int] = {}
+        # A fatal librdkafka error (fenced static member...): the consumer is dead, the trigger fails.
+        self._fatal_error: str | None = None
 
     # -- worker management ------------------------------------------------------------------
     def _worker_init(self, worker_id: int) -> WorkerInit:
@@ -404,6 +406,27 @@ class TriggerRunner:
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         self.log.warning("kafka client error", error=error.str(), code=error.name(), fatal=error.fatal())
+        if error.fatal():
+            self._on_fatal_kafka_error(error)
+
+    def _on_fatal_kafka_error(self, error: KafkaError) -> None:
+        """Remember a fatal client error; the loop fails the trigger at its next pass.
+
+        Not raised from here: this runs inside librdkafka's callback. The consumer will never fetch
+        or commit again, so carrying on would leave a process that looks healthy and does nothing.
+        """
+        if self._fatal_error is None:
+            self._fatal_error = f"fatal Kafka client error {error.name()}: {error.str()}"
+
+    def _fail_on_fatal_error(self, consumer: Consumer) -> None:
+        """Publish the failure (``/live`` turns 503 during the cleanup) and end the trigger (exit 1).
+
+        ``run`` then aborts: workers killed, nothing more committed, so no unfinished work is.
+        """
+        assert self._fatal_error is not None
+        if self._observed:
+            self._publish(consumer, time.monotonic())
+        raise FatalTriggerError(Outcome.FAILED, self._fatal_error)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is not None:
@@ -531,6 +554,7 @@ class TriggerRunner:
                 rebalances=dict(self._rebalances),
                 worker_restarts=dict(self._restarts),
                 stopping=self._stopping,
+                failed=self._fatal_error,
             )
         )
 
@@ -721,6 +745,8 @@ class TriggerRunner:
             busy = dispatcher.inflight_total > 0
             timeout = 0.0 if busy else self._idle_timeout(time.monotonic())
             messages = consumer.consume(CONSUME_BATCH, timeout)
+            if self._fatal_error is not None:
+                self._fail_on_fatal_error(consumer)
             now = time.monotonic()
             if messages:
                 self._ingest(messages)

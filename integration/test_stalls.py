@@ -1,0 +1,136 @@
+"""Stalls and bounds against a real broker (issue #13): a fatal client error ends the trigger, a
+worker's death is noticed while a process its handler started holds the pipe, records past a stuck
+head stay bounded, and the health port holds up under idle connections.
+
+Group rules from ``/work/shared/notes/broker.md``: unique topic and group per test, the quick timeout
+profile, end offsets from delivery reports, topics never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError
+from test_operations import function_config, http_get
+
+from streamworker.config import load_config
+from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from streamworker.observability.health import HealthAddress, HealthServer
+from streamworker.observability.metrics import MetricsObserver
+from streamworker.supervisor.runner import Outcome, RunnerOptions, TriggerRunner
+
+# Records its calls in $LEDGER; a body "block" waits (bounded) for a file that the test never makes.
+LEDGER_HANDLER = """
+import json
+import os
+import time
+
+LEDGER = os.environ["LEDGER"]
+
+
+def handler(context, event):
+    with open(LEDGER, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"offset": event.offset, "body": event.body.decode()}) + "\\n")
+    if event.body == b"block":
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not os.path.exists(LEDGER + ".never"):
+            time.sleep(0.01)
+    return "ok"
+"""
+
+
+def ledger(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+# ------------------------------------------------------------------------------- fatal client errors
+
+
+class _FatalAfter:
+    """The runner's consumer, which reports a fatal error through the runner's error callback (as
+    librdkafka does, from inside ``consume``) once ``when()`` holds. Everything else is the real one."""
+
+    def __init__(self, consumer: Any, runner: TriggerRunner, when: Callable[[], bool]) -> None:
+        self._consumer = consumer
+        self._runner = runner
+        self._when = when
+        self.injected = False
+
+    def consume(self, num_messages: int, timeout: float) -> Any:
+        messages = self._consumer.consume(num_messages, timeout)
+        if not self.injected and self._when():
+            self.injected = True
+            self._runner._on_kafka_error(
+                KafkaError(
+                    KafkaError._FENCED,
+                    "Fatal error: static consumer fenced by other consumer with same group.instance.id",
+                    fatal=True,
+                )
+            )
+        return messages
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def test_a_fatal_client_error_fails_the_trigger_without_committing_unfinished_work(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("fatal"), unique("fatal-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    bodies = ["a", "b", "c", "block", "d", "e"]
+    produce(broker_bootstrap, topic, [Record(value=b.encode(), partition=0) for b in bodies])
+    ledger_path = tmp_path / "ledger.jsonl"
+    config = function_config(broker_bootstrap, topic, group, quick_profile)
+    config["spec"]["env"] = [{"name": "LEDGER", "value": str(ledger_path)}]
+    config["spec"]["triggers"]["orders"]["numWorkers"] = 1
+    function = load_config(function_dir(LEDGER_HANDLER, config)).config
+    trigger = function.triggers[0]
+    observer = MetricsObserver(function.name, [trigger.name])
+    health = HealthServer(HealthAddress("127.0.0.1", 0), observer, live_timeout=30.0)
+    health.start()
+    stop = threading.Event()
+    consumers: list[_FatalAfter] = []
+
+    def blocked() -> bool:
+        return any(entry["body"] == "block" for entry in ledger(ledger_path))
+
+    class Runner(TriggerRunner):
+        def _build_consumer(self) -> Any:
+            consumer = _FatalAfter(super()._build_consumer(), self, blocked)
+            consumers.append(consumer)
+            return consumer
+
+    runner = Runner(function, trigger, stop, RunnerOptions(observer=observer))
+    outcome: list[Outcome] = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run()), daemon=True)
+    try:
+        thread.start()
+        wait_until(lambda: http_get(health.address.port, "/live")[0] == 200, 30, message="never live")
+        thread.join(60)
+        assert not thread.is_alive(), "the trigger kept running after a fatal client error"
+        assert consumers and consumers[0].injected
+        assert outcome == [Outcome.FAILED]
+        assert int(Outcome.FAILED) == 1  # the process exit code (Supervisor takes the worst outcome)
+        status, body = http_get(health.address.port, "/live")
+        assert status == 503, body
+        assert "_FENCED" in body
+        # The blocked record (offset 3) never finished: nothing at or past it may be committed.
+        committed = committed_offsets(broker_bootstrap, group, topic, 1)
+        assert committed.get(0, 0) <= 3, committed
+        assert [entry["offset"] for entry in ledger(ledger_path)] == [0, 1, 2, 3]
+    finally:
+        stop.set()
+        thread.join(30)
+        health.stop()
