@@ -134,3 +134,59 @@ def test_a_fatal_client_error_fails_the_trigger_without_committing_unfinished_wo
         stop.set()
         thread.join(30)
         health.stop()
+
+
+# ----------------------------------------------------------------------------------------- bad frames
+
+# Body "garbage": the first time, write an undecodable frame on the worker's own output pipe (as a
+# handler scribbling on an inherited descriptor would), then carry on.
+GARBAGE_HANDLER = """
+import json
+import os
+import sys
+
+LEDGER = os.environ["LEDGER"]
+
+
+def handler(context, event):
+    with open(LEDGER, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"offset": event.offset, "body": event.body.decode()}) + "\\n")
+    marker = LEDGER + ".garbage"
+    if event.body == b"garbage" and not os.path.exists(marker):
+        open(marker, "w").close()
+        out_fd = int(sys.argv[sys.argv.index("--out-fd") + 1])
+        os.write(out_fd, b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1")  # 0xc1: never valid msgpack
+    return "ok"
+"""
+
+
+def test_a_bad_frame_costs_one_worker_not_the_process(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("badframe"), unique("badframe-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    bodies = [f"r{i}" for i in range(10)] + ["garbage"] + [f"r{i}" for i in range(11, 20)]
+    end = produce(broker_bootstrap, topic, [Record(value=b.encode(), partition=0) for b in bodies])
+    ledger_path = tmp_path / "ledger.jsonl"
+    config = function_config(broker_bootstrap, topic, group, quick_profile)
+    config["spec"]["env"] = [{"name": "LEDGER", "value": str(ledger_path)}]
+    proc = streamworker_process(function_dir(GARBAGE_HANDLER, config), args=["--health-addr", "off"])
+    bad = proc.wait_for_log("bad frame from worker; killing it", timeout=60)
+    died = proc.wait_for_log("worker died; replacing it", timeout=30)
+    assert died["worker"] == bad["worker"]
+    assert str(died["reason"]).startswith("protocol error"), died
+    wait_until(
+        lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end,
+        60,
+        message=lambda: f"committed {committed_offsets(broker_bootstrap, group, topic, 1)}, end {end}",
+    )
+    assert proc.running, proc.output()
+    handled = {entry["offset"] for entry in ledger(ledger_path)}
+    assert handled == set(range(20))
+    assert proc.terminate() == 0

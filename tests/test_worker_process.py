@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from streamworker.protocol import EVENT_FIELDS, RUN_FIELDS, FrameReader, Msg, Status, WorkerInit, encode
+from streamworker.protocol import (
+    EVENT_FIELDS,
+    RUN_FIELDS,
+    FrameReader,
+    Msg,
+    ProtocolError,
+    Status,
+    WorkerInit,
+    encode,
+)
 from streamworker.supervisor.workers import WorkerProcess
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
@@ -792,3 +801,15 @@ def test_the_supervisor_sees_a_worker_exit_while_a_forked_child_holds_its_pipe(t
                 os.kill(pid, signal.SIGKILL)
         process.kill()
         process.reap()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xc1\xc1", encode([Msg.READY, {}])[4:] + b"\x00", encode(7)[4:]],
+    ids=["msgpack", "extra", "shape"],
+)
+def test_an_undecodable_frame_is_a_protocol_error(body: bytes) -> None:
+    # The supervisor replaces the worker on a ProtocolError; any other exception would end the trigger.
+    reader = FrameReader()
+    with pytest.raises(ProtocolError):
+        reader.feed(len(body).to_bytes(4, "big") + body)

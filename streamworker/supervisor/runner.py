@@ -33,6 +33,7 @@ from streamworker.protocol import (
     F_TOPIC,
     RESULT_RUN_DURATIONS,
     Msg,
+    ProtocolError,
     Status,
     WorkerInit,
 )
@@ -279,11 +280,28 @@ class TriggerRunner:
             process = seat.process
             if process is None:
                 continue
-            messages, eof = process.receive()
+            try:
+                messages, eof = process.receive()
+            except ProtocolError as exc:
+                self._on_bad_frame(seat, process, exc, now)
+                continue
             if messages:
                 self._handle_messages(seat, messages, now)
             if eof or key.fd == process.exit_fd:
                 self._on_worker_gone(seat, process.kill_reason or "worker process exited", now)
+
+    def _on_bad_frame(
+        self, seat: WorkerSeat, process: WorkerProcess, error: ProtocolError, now: float
+    ) -> None:
+        """A worker's output cannot be decoded: nothing more it says can be trusted. It is replaced
+        like a crashed worker (its queue goes back, unblamed unless the head was surely running);
+        the other workers and the trigger carry on."""
+        self.log.error(
+            "bad frame from worker; killing it", worker=seat.worker_id, pid=process.pid, error=str(error)
+        )
+        process.kill_kind = "protocol_error"
+        process.kill()
+        self._on_worker_gone(seat, f"protocol error: {error}", now)
 
     def _observe_durations(self, results: list[list[Any]]) -> None:
         """Handler durations of a RESULTS message: each event that ran, and each run's summary."""
