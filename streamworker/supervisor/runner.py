@@ -482,6 +482,7 @@ class TriggerRunner:
         drained = self._drain(self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0))
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
+        self._forget_dead_letters(tps)
         self.log.info(
             "partitions revoked",
             partitions=_fmt(tps),
@@ -534,9 +535,14 @@ class TriggerRunner:
         # Another member may own them already: do not start any more of their records here.
         self._cancel_queued(tps)
         self.dispatcher.forget(tps)
+        self._forget_dead_letters(tps)
         self.log.warning(
             "partitions lost (session expired); nothing committed for them", partitions=_fmt(tps)
         )
+
+    def _forget_dead_letters(self, tps: list[TP]) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.forget(tps)
 
     def _count_rebalance(self, kind: str) -> None:
         self._rebalances[kind] = self._rebalances.get(kind, 0) + 1
