@@ -9,17 +9,19 @@ profile, end offsets from delivery reports, topics never deleted.
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError
-from test_operations import function_config, http_get
+from test_operations import function_config, health_port, http_get
 
 from streamworker.config import load_config
 from streamworker.devbroker import Record, committed_offsets, create_topics, produce
-from streamworker.observability.health import HealthAddress, HealthServer
+from streamworker.observability.health import IDLE_TIMEOUT_S, MAX_CONNECTIONS, HealthAddress, HealthServer
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.supervisor.runner import Outcome, RunnerOptions, TriggerRunner
 
@@ -189,4 +191,58 @@ def test_a_bad_frame_costs_one_worker_not_the_process(
     assert proc.running, proc.output()
     handled = {entry["offset"] for entry in ledger(ledger_path)}
     assert handled == set(range(20))
+    assert proc.terminate() == 0
+
+
+# ------------------------------------------------------------------------------------- health port
+
+
+def process_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+def test_idle_connections_to_the_health_port_neither_pile_up_threads_nor_slow_the_probe(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("idlehttp"), unique("idlehttp-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    config = function_config(broker_bootstrap, topic, group, quick_profile)
+    config["spec"]["env"] = [{"name": "LEDGER", "value": str(tmp_path / "ledger.jsonl")}]
+    proc = streamworker_process(function_dir(LEDGER_HANDLER, config), args=["--health-addr", "127.0.0.1:0"])
+    port = health_port(proc)
+    wait_until(lambda: http_get(port, "/ready")[0] == 200, 60, message=lambda: proc.output())
+    baseline = process_threads(proc.pid)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        started = time.monotonic()
+        status, body = http_get(port, "/live")
+        took = time.monotonic() - started
+        assert status == 200, body
+        assert took < 1.0, f"/live took {took:.3f}s behind 300 idle connections"
+        peak = process_threads(proc.pid)
+        assert peak <= baseline + 2 * MAX_CONNECTIONS, (baseline, peak)
+        # Idle connections time out: the threads they held go away while the sockets stay open here.
+        wait_until(
+            lambda: process_threads(proc.pid) <= baseline,
+            IDLE_TIMEOUT_S + 15,
+            message=lambda: f"threads {process_threads(proc.pid)}, baseline {baseline}",
+        )
+    finally:
+        for sock in idle:
+            sock.close()
+    # Still serving (and producing records still works end to end).
+    end = produce(broker_bootstrap, topic, [Record(value=b"after", partition=0)])
+    wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end, 60)
     assert proc.terminate() == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -342,3 +344,35 @@ def test_run_summaries_from_workers_land_in_the_same_histogram() -> None:
     assert value(found, "streamworker_handler_duration_seconds_sum", trigger="t") == pytest.approx(
         total + 0.0002
     )
+
+
+def _threads_of_this_process() -> int:
+    return threading.active_count()
+
+
+def test_idle_connections_are_capped_and_time_out_while_live_answers_at_once() -> None:
+    observer = MetricsObserver("fn", ["t"])
+    server = HealthServer(
+        HealthAddress("127.0.0.1", 0), observer, live_timeout=30.0, idle_timeout=1.0, max_connections=8
+    )
+    server.start()
+    before = _threads_of_this_process()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", server.address.port), timeout=5))
+        started = time.monotonic()
+        status, _, _ = get(server, "/live")
+        assert status == 200
+        assert time.monotonic() - started < 1.0
+        # One thread per open connection at most, and at most max_connections of them.
+        assert _threads_of_this_process() <= before + 2 * 8  # (evicted ones may still be ending)
+        # Idle connections are cut after idle_timeout: the threads go away.
+        deadline = time.monotonic() + 10
+        while _threads_of_this_process() > before and time.monotonic() < deadline:
+            time.sleep(0.05)  # a poll interval while waiting for the threads to end
+        assert _threads_of_this_process() == before
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()

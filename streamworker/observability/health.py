@@ -37,6 +37,11 @@ DEFAULT_LIVE_TIMEOUT = "30s"
 # our metric names is the same in the newer 1.0.0 format that prometheus-client now labels it with.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _OFF_WORDS = frozenset({"off", "none", "disable", "disabled", "false", "no"})
+# Each connection holds a thread while it is open. A client that connects and sends nothing (or keeps
+# an idle keep-alive connection) is cut after this long, and at most MAX_CONNECTIONS are open at once:
+# past that, the oldest is closed to make room, so a probe is always answered at once.
+IDLE_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,37 @@ def readiness(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hanging client must not keep the process alive at exit
     app: HealthServer
+    max_connections = MAX_CONNECTIONS
+    # The listen backlog: the default 5 drops connections arriving in a burst (the client retries
+    # a second later), which would delay a probe behind a crowd of idle clients.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open_lock = threading.Lock()
+        # Open connections, oldest first (dicts keep insertion order).
+        self._open: dict[socket.socket, None] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            while len(self._open) >= self.max_connections:
+                # Evict the oldest (almost always idle: requests take milliseconds). Shutting the
+                # socket down ends its thread's read at once; the thread then removes it.
+                oldest = next(iter(self._open))
+                del self._open[oldest]
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open[request] = None
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name with getfqdn(), a reverse DNS lookup that can
@@ -176,6 +212,8 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Socket timeout (StreamRequestHandler applies it): an idle or stalled client is disconnected.
+    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         self._respond(send_body=True)
@@ -220,11 +258,21 @@ class _Handler(BaseHTTPRequestHandler):
 class HealthServer:
     """Binds at construction (``OSError`` if the address is busy); ``start``/``stop`` the thread."""
 
-    def __init__(self, address: HealthAddress, observer: MetricsObserver, live_timeout: float) -> None:
+    def __init__(
+        self,
+        address: HealthAddress,
+        observer: MetricsObserver,
+        live_timeout: float,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.observer = observer
         self.live_timeout = live_timeout
         server_class = _Server6 if ":" in address.host else _Server
-        self._server = server_class((address.host, address.port), _Handler)
+        handler = type("_BoundHandler", (_Handler,), {"timeout": idle_timeout})
+        self._server = server_class((address.host, address.port), handler)
+        self._server.max_connections = max_connections
         self._server.app = self
         bound = self._server.server_address
         self.address = HealthAddress(address.host, int(bound[1]))
