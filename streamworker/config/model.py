@@ -187,6 +187,9 @@ class FunctionConfig:
     event_timeout: float | None
     env: Mapping[str, str] = field(hash=False)  # in file order
     triggers: tuple[TriggerConfig, ...]  # every kafka-cluster trigger, in file order
+    # Environment variables that secret fields (sasl.password, tls.clientKey, secret librdkafka
+    # settings) refer to with ${NAME}: workers do not get them unless spec.env names them.
+    secret_env: frozenset[str] = frozenset()
 
     @property
     def code_dir(self) -> Path:

@@ -101,6 +101,12 @@ class RunnerOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
+def worker_environment(env: Mapping[str, str], function: FunctionConfig) -> dict[str, str]:
+    """``env`` without the variables secret fields of function.yaml refer to, unless spec.env names them."""
+    hidden = function.secret_env - set(function.env)
+    return {name: value for name, value in env.items() if name not in hidden}
+
+
 def _partition_list(partitions: list[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
@@ -125,6 +131,9 @@ class TriggerRunner:
             "STREAMWORKER_LOG_FORMAT": self.options.log_format,
             **self.options.extra_env,
         }
+        # Secrets the consumer was configured from stay with the supervisor: a handler (or a library
+        # it uses, or a process it starts) cannot read them unless spec.env hands them over.
+        self.worker_env = worker_environment(self.env, function)
         self._retry_backoff = Backoff(self.attrs.retry_backoff, self.attrs.retry_max_backoff)
         self._respawn_backoff = Backoff(0.5, 30.0)
         self.dispatcher = Dispatcher(
@@ -180,7 +189,7 @@ class TriggerRunner:
         )
 
     def _spawn(self, seat: WorkerSeat) -> None:
-        process = WorkerProcess(seat.worker_id, self._worker_init(seat.worker_id), self.env)
+        process = WorkerProcess(seat.worker_id, self._worker_init(seat.worker_id), self.worker_env)
         seat.process = process
         seat.respawn_at = None
         self.selector.register(process.read_fd, selectors.EVENT_READ, seat)
