@@ -568,3 +568,83 @@ def test_revoke_with_a_run_in_flight_frees_the_window_and_ignores_its_late_resul
     assert [run_offsets(w) for w in more] == [(1, [0, 1])], "the forgotten run left the window"
     d.complete(0, [run_done(batch[0], 4), run_done(more[0], 2)], 0.0)
     assert d.commit_positions() == {(T, 1): 2}
+
+
+# -- stalls and bounds (issue #13) -------------------------------------------------------------------
+
+
+def test_a_waiting_suspect_stops_the_refilling_of_its_worker() -> None:
+    # Static mode: partitions 0 and 1 both belong to worker 0. After an ambiguous crash partition 0's
+    # records are suspects, while partition 1 keeps the worker's window topped up every pass.
+    d = make(AllocationMode.STATIC, workers=1, window_events=4, lane_batch=4)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, i) for i in range(3)])
+    d.take_dispatches(0.0)
+    d.add([rec(1, i) for i in range(1000)])
+    d.worker_lost(0, "exit code 1", now=1.0, head_running=False)
+    d.worker_ready(0)
+    queued: list[Record] = []
+    passes = 0
+    while passes < 50:
+        passes += 1
+        batch = d.take_dispatches(2.0).get(0, [])
+        if any(e[F_PARTITION] == 0 for e in batch):
+            assert offsets(batch) == [(0, 0)], "a suspect runs alone"
+            assert queued == [], "on an empty worker"
+            break
+        queued.extend(batch)
+        # The worker finishes two records per pass: its window never runs empty by itself.
+        d.complete(0, ok(queued[:2]), 2.0)
+        del queued[:2]
+    else:
+        raise AssertionError("the suspect never ran: its worker was refilled every pass")
+    assert passes <= 10
+
+
+def test_a_dispatch_counts_bytes_against_the_window() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    d.add([rec(0, i, value=b"x" * 40) for i in range(10)])
+    batch = d.take_dispatches(0.0)[0]
+    assert offsets(batch) == [(0, 0), (0, 1)], "40 + 40 fit in 100 bytes, a third does not"
+    assert d.take_dispatches(0.0) == {}
+    d.complete(0, ok(batch), 0.0)
+    assert offsets(d.take_dispatches(0.0)[0]) == [(0, 2), (0, 3)]
+
+
+def test_a_record_larger_than_the_window_goes_alone_on_an_empty_worker() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, value=b"x" * 10), rec(0, 1, value=b"x" * 500), rec(0, 2, value=b"x" * 10)])
+    first = d.take_dispatches(0.0)[0]
+    assert offsets(first) == [(0, 0)], "the big record waits for an empty worker"
+    d.complete(0, ok(first), 0.0)
+    big = d.take_dispatches(0.0)[0]
+    assert offsets(big) == [(0, 1)]
+    assert d.take_dispatches(0.0) == {}
+
+
+def test_a_run_is_split_at_the_window_bytes() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    values = [b"x" * 10, b"x" * 10, b"x" * 70, b"x" * 20, b"x" * 10]
+    d.add([Run(T, 0, list(range(5)), [None] * 5, values, [None] * 5, [-1] * 5)])
+    runs = d.take_dispatches(0.0)[0]
+    assert [run[R_OFFSETS] for run in runs] == [[0, 1, 2]], "10 + 10 + 70 fit, the next 20 does not"
+    assert d.take_dispatches(0.0) == {}
+
+
+def test_a_record_deferred_by_a_worker_that_died_stays_behind_the_failed_one() -> None:
+    # Offset 5 failed (reported); the worker deferred 6 and 7 (it holds the lane) but died before
+    # reporting them. 6 never ran, so it is not blamed, and 5 still comes first.
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in (5, 6, 7)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, error(batch[:1]), 0.0)
+    failures = d.worker_lost(0, "exit code 1", now=0.2, head_running=True)
+    assert failures == []
+    d.worker_ready(0)
+    retried = d.take_dispatches(100.0)[0]
+    assert offsets(retried) == [(0, 5), (0, 6), (0, 7)]
+    assert [e[F_ATTEMPT] for e in retried] == [2, 1, 1]

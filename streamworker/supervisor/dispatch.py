@@ -178,9 +178,9 @@ class Run:
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
-        # Shared in proportion, not counted again per record: sizes stay conserved (what the buffer
-        # and window accounting need), the parts are estimates until a record leaves its run.
-        head_size = self.size * count // len(self.offsets)
+        # Counted exactly (a join, cheap next to the copy into a frame), so the bytes a window
+        # holds are the bytes of its frames; sizes stay conserved for the buffer accounting.
+        head_size = _byte_size(self.keys[:count], self.values[:count])
         rest = Run(
             self.topic,
             self.partition,
@@ -233,6 +233,17 @@ def _lane_id(item: Item) -> int:
 
 def _events(item: Item) -> int:
     return len(item) if type(item) is Run else 1
+
+
+def _return_in_order(lane: Lane, record: Record) -> None:
+    """Put a failed record back among the lane's returned ones by offset: usually first, but behind
+    a lower offset that failed earlier (a lane's records are of one partition)."""
+    returned = lane.returned
+    offset = record[F_OFFSET]
+    index = 0
+    while index < len(returned) and returned[index][F_OFFSET] < offset:
+        index += 1
+    returned.insert(index, record)
 
 
 class Lane:
@@ -331,6 +342,9 @@ class WorkerSlot:
     outstanding_events: int = 0  # records queued (a run counts its unfinished records)
     # Running a suspect record alone: nothing else may be queued behind it.
     exclusive: bool = False
+    # A lane whose suspect head waits for this worker to run empty: nothing else is queued on it
+    # meanwhile, or a busy trigger would refill it every pass and the suspect would never run.
+    reserved_by: int | None = None
 
     def free(self, settings: DispatchSettings) -> int:
         if not self.ready or self.exclusive or self.outstanding_bytes >= settings.window_bytes:
@@ -545,7 +559,14 @@ class Dispatcher:
         settings = self.settings
         workers = self._workers
         free = [slot.free(settings) for slot in workers]
-        if not any(f > 0 for f in free):
+        if self._suspects:
+            self._check_reservations(free)
+        elif any(slot.reserved_by is not None for slot in workers):
+            for slot in workers:
+                slot.reserved_by = None
+        if not any(f > 0 for f in free) and not any(
+            slot.reserved_by is not None and slot.ready and not slot.outstanding for slot in workers
+        ):
             return out
         emptied: list[int] = []
         for lane in self._runnable.values():
@@ -557,29 +578,46 @@ class Dispatcher:
                 or lane.partition.stopped
             ):
                 continue
-            wid = lane.worker
-            if wid is None:
-                wid = max(range(len(free)), key=free.__getitem__)
-            if free[wid] <= 0:
-                continue
-            slot = workers[wid]
-            batch = out.setdefault(wid, [])
             pending = lane.pending
-            if type(pending[0]) is Run:
-                free[wid] -= self._take_runs(lane, wid, slot, free[wid], batch)
-                if not pending:
-                    emptied.append(lane.id)
-                continue
-            count = min(free[wid], len(lane.pending), settings.lane_batch)
-            if not self._key_mode:
-                # Records re-queued in front of runs (retries): only those go one by one.
-                for index in range(1, count):
-                    if type(pending[index]) is Run:
-                        count = index
-                        break
-            if self._suspects:
-                count = self._suspect_limit(lane, slot, count)
+            if self._suspects and self._is_suspect(pending[0]):
+                wid_or_none = self._suspect_worker(lane)
+                if wid_or_none is None:
+                    continue
+                wid = wid_or_none
+                slot = workers[wid]
+                if slot.outstanding or not slot.ready:
+                    # Wait for this worker to run empty, and keep everything else off it meanwhile.
+                    slot.reserved_by = lane.id
+                    free[wid] = 0
+                    continue
+                slot.reserved_by = None
+                slot.exclusive = True
+                free[wid] = 0
+                batch = out.setdefault(wid, [])
+                count = 1
+            else:
+                wid = lane.worker if lane.worker is not None else max(range(len(free)), key=free.__getitem__)
+                if free[wid] <= 0:
+                    continue
+                slot = workers[wid]
+                batch = out.setdefault(wid, [])
+                if type(pending[0]) is Run:
+                    free[wid] -= self._take_runs(lane, wid, slot, free[wid], batch)
+                    if not pending:
+                        emptied.append(lane.id)
+                    continue
+                count = min(free[wid], len(lane.pending), settings.lane_batch)
+                if not self._key_mode:
+                    # Records re-queued in front of runs (retries): only those go one by one.
+                    for index in range(1, count):
+                        if type(pending[index]) is Run:
+                            count = index
+                            break
+                if self._suspects:
+                    count = self._suspect_limit(lane, count)
+                count = self._fit_bytes(pending, slot, count)
                 if count == 0:
+                    free[wid] = 0  # its window is full of bytes
                     continue
             for _ in range(count):
                 record = pending.popleft()
@@ -607,11 +645,28 @@ class Dispatcher:
         """Queue the lane's leading runs on worker ``wid`` (split to fit). Returns how many records."""
         pending = lane.pending
         budget = min(free, self.settings.run_batch)
+        window_bytes = self.settings.window_bytes
         sent = 0
         while sent < budget and pending and type(pending[0]) is Run:
             run: Run = pending[0]
-            if len(run) > budget - sent:
-                pending[0] = run.split(budget - sent)
+            take = min(len(run), budget - sent)
+            room = window_bytes - slot.outstanding_bytes
+            if run.size > room:
+                # Count records up to the byte room (only here, near the limit, per record); a
+                # record larger than the whole window goes alone on an empty worker.
+                used = fits = 0
+                for key, value in zip(run.keys, run.values, strict=True):
+                    used += record_size(key, value)
+                    if used > room or fits >= take:
+                        break
+                    fits += 1
+                if fits == 0 and not slot.outstanding:
+                    fits = 1
+                if fits == 0:
+                    break
+                take = fits
+            if take < len(run):
+                pending[0] = run.split(take)
             else:
                 pending.popleft()
             seq = self._next_seq
@@ -631,20 +686,53 @@ class Dispatcher:
             lane.worker = wid
         return sent
 
-    def _suspect_limit(self, lane: Lane, slot: WorkerSlot, count: int) -> int:
-        """How many of the lane's next records may go now: a suspect only alone, on an idle worker."""
-        suspects = self._suspects
+    def _is_suspect(self, item: Item) -> bool:
+        return type(item) is not Run and (item[F_TOPIC], item[F_PARTITION], item[F_OFFSET]) in self._suspects
+
+    def _suspect_limit(self, lane: Lane, count: int) -> int:
+        """How many of the lane's next records (its head is no suspect) may go before a suspect."""
         pending = lane.pending
-        head = pending[0]
-        if (head[F_TOPIC], head[F_PARTITION], head[F_OFFSET]) in suspects:
-            if slot.outstanding:
-                return 0
-            slot.exclusive = True
-            return 1
         for index in range(1, count):
-            record = pending[index]
-            if (record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]) in suspects:
+            if self._is_suspect(pending[index]):
                 return index
+        return count
+
+    def _suspect_worker(self, lane: Lane) -> int | None:
+        """The worker a lane's suspect head runs on: the one it reserved, its own, or the ready one
+        with the least queued (None: no worker is ready and free of other reservations)."""
+        workers = self._workers
+        for wid, slot in enumerate(workers):
+            if slot.reserved_by == lane.id:
+                return wid
+        if lane.worker is not None:
+            return lane.worker if workers[lane.worker].reserved_by is None else None
+        candidates = [w for w, slot in enumerate(workers) if slot.ready and slot.reserved_by is None]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: workers[w].outstanding_events)
+
+    def _check_reservations(self, free: list[int]) -> None:
+        """Drop reservations whose lane no longer waits with a suspect head; reserved workers take
+        nothing else (``free`` 0)."""
+        for wid, slot in enumerate(self._workers):
+            lane_id = slot.reserved_by
+            if lane_id is None:
+                continue
+            lane = self._lanes.get(lane_id)
+            if lane is None or not lane.pending or not self._is_suspect(lane.pending[0]):
+                slot.reserved_by = None
+            else:
+                free[wid] = 0
+
+    def _fit_bytes(self, pending: deque[Item], slot: WorkerSlot, count: int) -> int:
+        """How many of the next ``count`` records fit in the worker's byte window (a record larger
+        than the whole window goes alone, on an empty worker), so no frame outgrows the window."""
+        room = self.settings.window_bytes - slot.outstanding_bytes
+        for index in range(count):
+            size = pending[index][F_SIZE]
+            if size > room:
+                return 1 if index == 0 and not slot.outstanding else index
+            room -= size
         return count
 
     # -- completions ------------------------------------------------------------------------
@@ -797,8 +885,14 @@ class Dispatcher:
                 records.extend(rest)
             else:
                 records.append(item)
+        # Lanes the worker holds after a reported failure: it defers their records without running
+        # them, so none of those can be the one that killed it (blamed, one would jump the queue
+        # ahead of the failed record of lower offset).
+        held = {record[F_LANE] for record in records if self._lanes[record[F_LANE]].hold}
         # The head's partition may have been forgotten (revoked): then the one running is unknown too.
-        head_known = bool(records) and records[0][F_SEQ] == slot.outstanding[0]
+        head_known = (
+            bool(records) and records[0][F_SEQ] == slot.outstanding[0] and records[0][F_LANE] not in held
+        )
         certain = head_running or len(records) == 1
         failures: list[Failure] = []
         for index, record in enumerate(records):
@@ -806,7 +900,7 @@ class Dispatcher:
             if index == 0 and certain and head_known:
                 failures.append(self._fail(lane, record, "WorkerLost", reason, now))
             else:
-                if not certain:
+                if not certain and record[F_LANE] not in held:
                     self._suspects.add((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
                 lane.returned.append(record)
         slot.outstanding.clear()
@@ -857,14 +951,14 @@ class Dispatcher:
             self._count(topic, "retried")
             delay = self.policy.delay(attempt)
             record[F_ATTEMPT] = attempt + 1
-            lane.returned.insert(0, record)
+            _return_in_order(lane, record)
             lane.not_before = now + delay
             return Failure(record, error_type, message, "retry", delay)
         action = self.policy.action
         if action is OnError.SKIP:
             self._finish(lane.partition, record, "skipped")
         elif action is OnError.STOP:
-            lane.returned.insert(0, record)
+            _return_in_order(lane, record)
             lane.partition.stopped = True
         else:
             lane.parked = record
