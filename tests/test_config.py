@@ -1197,3 +1197,12 @@ def test_librdkafka_accepts_the_settings(fn_dir: Path) -> None:
     consumer = confluent_kafka.Consumer(consumer_settings(config.triggers[0], config.name))
     consumer.close()
     assert isinstance(consumer, confluent_kafka.Consumer)
+
+
+def test_ack_timeout_is_off_by_default_and_takes_a_duration(fn_dir: Path) -> None:
+    assert load(fn_dir, minimal()).config.triggers[0].attributes.ack_timeout is None
+    doc = minimal()
+    attributes_of(doc)["ackTimeout"] = "90s"
+    assert load(fn_dir, doc).config.triggers[0].attributes.ack_timeout == 90.0
+    attributes_of(doc)["ackTimeout"] = "0s"
+    assert "ackTimeout" in error_of(fn_dir, doc)

@@ -648,3 +648,79 @@ def test_a_record_deferred_by_a_worker_that_died_stays_behind_the_failed_one() -
     retried = d.take_dispatches(100.0)[0]
     assert offsets(retried) == [(0, 5), (0, 6), (0, 7)]
     assert [e[F_ATTEMPT] for e in retried] == [2, 1, 1]
+
+
+def test_records_done_behind_an_unacked_head_count_against_the_buffer_limit() -> None:
+    # explicitOnly: offset 0 is never acked; 1..9 are handled and acked. Only one record is
+    # unfinished, but ten are tracked past the commit position: the partition must pause there.
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY, max_buffered_records=10)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(10)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 0.0)
+    for offset in range(1, 10):
+        d.ack(T, 0, offset)
+    assert d.buffered_total() == 1
+    assert d.flow_control() == ([(T, 0)], [])
+    assert d.add([rec(0, 10), rec(0, 11)]) == 0, "nothing more is taken past the limit"
+    assert d.flow_control() == ([], []), "and it stays paused while the head is unfinished"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 10}
+    assert d.flow_control() == ([], [((T, 0), 10)]), "resumed, refetching from the first dropped offset"
+
+
+def test_records_done_behind_a_parked_record_in_key_mode_count_against_the_buffer_limit() -> None:
+    d = make(AllocationMode.KEY, workers=2, max_retries=0, action=OnError.DEADLETTER, max_buffered_records=6)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, key=b"stuck")] + [rec(0, i, key=f"k{i}".encode()) for i in range(1, 6)])
+    for wid, batch in d.take_dispatches(0.0).items():
+        results = [
+            [e[F_SEQ], Status.ERROR, 0.0, "ValueError", "boom"] if e[F_OFFSET] == 0 else ok([e])[0]
+            for e in batch
+        ]
+        d.complete(wid, results, 0.0)
+    assert [r[F_OFFSET] for r, _, _ in d.take_dead_letters()] == [0]  # parked until the copy is confirmed
+    assert d.buffered_total() == 1
+    assert d.flow_control() == ([(T, 0)], [])
+    assert d.add([rec(0, 6, key=b"k6")]) == 0
+
+
+def test_ack_timeout_turns_a_missing_ack_into_a_failed_attempt() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY, ack_timeout=5.0)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 1.0)
+    d.ack(T, 0, 1)
+    assert d.expire_acks(5.9) == []
+    (failure,) = d.expire_acks(6.0)
+    assert (failure.record[F_OFFSET], failure.error_type, failure.action) == (0, "AckTimeout", "retry")
+    assert d.outcomes[(T, "error")] == 1
+    assert d.take_dispatches(6.0) == {}, "waits out the retry backoff"
+    (retried,) = d.take_dispatches(100.0)[0]
+    assert (retried[F_OFFSET], retried[F_ATTEMPT], retried[F_RETRY]) == (0, 2, True)
+    d.complete(0, ok([retried]), 100.0)
+    assert d.expire_acks(104.0) == [], "the new attempt has its own deadline"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+    assert d.expire_acks(1000.0) == []
+
+
+def test_without_ack_timeout_a_missing_ack_waits_forever() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 0.0)
+    assert d.expire_acks(1e9) == []
+    assert d.commit_positions() == {(T, 0): 0}
+
+
+def test_age_of_the_oldest_unfinished_record_per_partition() -> None:
+    d = make(workers=1, window_events=1)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, 0), rec(0, 1)])
+    assert d.oldest_unfinished_ages(10.0) == {(T, 0): 0.0, (T, 1): 0.0}
+    assert d.oldest_unfinished_ages(13.0) == {(T, 0): 3.0, (T, 1): 0.0}
+    d.complete(0, ok(d.take_dispatches(13.0)[0]), 13.5)
+    assert d.oldest_unfinished_ages(14.0)[(T, 0)] == 0.0, "a new head starts its own clock"
+    assert d.oldest_unfinished_ages(16.0)[(T, 0)] == 2.0
+    d.complete(0, ok(d.take_dispatches(16.0)[0]), 16.0)
+    assert d.oldest_unfinished_ages(20.0)[(T, 0)] == 0.0, "nothing unfinished"

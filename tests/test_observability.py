@@ -376,3 +376,13 @@ def test_idle_connections_are_capped_and_time_out_while_live_answers_at_once() -
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_the_age_of_the_oldest_unfinished_record_is_a_partition_metric() -> None:
+    observer = MetricsObserver("fn", ["t"])
+    observer.on_snapshot(snapshot(partitions=(partition(0, oldest_unfinished_age=7.5), partition(1))))
+    found = samples(observer)
+    labels = (("partition", "0"), ("topic", "orders"), ("trigger", "t"))
+    assert found[("streamworker_oldest_unfinished_age_seconds", labels)] == 7.5
+    labels = (("partition", "1"), ("topic", "orders"), ("trigger", "t"))
+    assert found[("streamworker_oldest_unfinished_age_seconds", labels)] == 0.0

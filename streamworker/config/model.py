@@ -151,6 +151,8 @@ class KafkaAttributes:
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 30000
     max_buffered_bytes: int = 64 * 1024 * 1024
+    # Explicit acks: a record handled but not acked this long is a failed attempt (None: wait forever).
+    ack_timeout: float | None = None
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     sasl: SaslSettings | None = None  # None: SASL off

@@ -70,6 +70,8 @@ class DispatchSettings:
     max_buffered_records: int = 30_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
+    # A record handled but left unacked this long is a failed attempt (None: no limit).
+    ack_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -290,12 +292,15 @@ class Lane:
 
 class PartitionState:
     __slots__ = (
+        "ack_deadlines",
         "awaiting_ack",
         "buffered",
         "buffered_bytes",
         "default_lane",
         "early_acks",
         "handled_by",
+        "head",
+        "head_since",
         "key_lanes",
         "lanes",
         "offsets",
@@ -326,6 +331,12 @@ class PartitionState:
         # Explicit acks: handled records waiting for their ack, and acks that came first.
         self.awaiting_ack: dict[int, Record] = {}
         self.early_acks: set[int] = set()
+        # ackTimeout: (deadline, offset, attempt) of records awaiting their ack, in deadline order.
+        self.ack_deadlines: deque[tuple[float, int, int]] = deque()
+        # The oldest unfinished offset when last looked at, and since when it has been (see
+        # Dispatcher.oldest_unfinished_ages).
+        self.head: int | None = None
+        self.head_since = 0.0
 
     @property
     def inflight(self) -> int:
@@ -503,7 +514,9 @@ class Dispatcher:
             state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
             if state is None or state.revoking or state.rewind_to is not None:
                 continue
-            if state.buffered >= max_records or state.buffered_bytes >= max_bytes:
+            # Records past the commit position, done or not: done ones behind an unfinished record
+            # are tracked until it finishes, so they count against the limit too.
+            if state.offsets.outstanding >= max_records or state.buffered_bytes >= max_bytes:
                 state.rewind_to = record[F_OFFSET]
                 continue
             lane = state.default_lane or self._key_lane(state, record[F_KEY])
@@ -522,7 +535,7 @@ class Dispatcher:
         if state is None or state.revoking or state.rewind_to is not None:
             return 0
         settings = self.settings
-        room = settings.max_buffered_records - state.buffered
+        room = settings.max_buffered_records - state.offsets.outstanding
         if room > 0 and state.buffered_bytes + run.size > settings.max_buffered_bytes:
             # Count records up to the byte limit (only here, near the limit, per record).
             used = state.buffered_bytes
@@ -778,14 +791,14 @@ class Dispatcher:
                 topic = record[F_TOPIC]
                 done_by_topic[topic] = done_by_topic.get(topic, 0) + 1
             elif status == _OK:
-                self._await_ack(lane.partition, record)
+                self._await_ack(lane.partition, record, now)
             elif status == _DEFERRED:
                 lane.returned.append(record)
             elif status == _NO_ACK:
                 if ack_mode is ExplicitAckMode.DISABLE:
                     self._finish(lane.partition, record)  # no-ack responses mean nothing then
                 else:
-                    self._await_ack(lane.partition, record)
+                    self._await_ack(lane.partition, record, now)
             else:
                 failures.append(self._fail(lane, record, str(result[3]), str(result[4]), now))
             if lane.inflight == 0:
@@ -980,13 +993,52 @@ class Dispatcher:
         self._settle(lane)
         return True
 
-    def _await_ack(self, state: PartitionState, record: Record) -> None:
+    def _await_ack(self, state: PartitionState, record: Record, now: float) -> None:
         offset = record[F_OFFSET]
         if offset in state.early_acks:
             state.early_acks.discard(offset)
             self._finish(state, record)
         else:
             state.awaiting_ack[offset] = record
+            if self.settings.ack_timeout is not None:
+                state.ack_deadlines.append((now + self.settings.ack_timeout, offset, record[F_ATTEMPT]))
+
+    def expire_acks(self, now: float) -> list[Failure]:
+        """Records left unacked past ``ack_timeout``: each is a failed attempt (retried, then the
+        failure policy), so one forgotten ack cannot hold its partition's commit for good."""
+        if self.settings.ack_timeout is None:
+            return []
+        failures: list[Failure] = []
+        for state in self._partitions.values():
+            deadlines = state.ack_deadlines
+            while deadlines and deadlines[0][0] <= now and not state.revoking:
+                _, offset, attempt = deadlines.popleft()
+                record = state.awaiting_ack.get(offset)
+                if record is None or record[F_ATTEMPT] != attempt:
+                    continue  # acked meanwhile (or this is an older attempt's deadline)
+                del state.awaiting_ack[offset]
+                lane = self._lanes.get(record[F_LANE])
+                if lane is None:  # key mode drops idle lanes: the key gets a lane again
+                    lane = state.default_lane or self._key_lane(state, record[F_KEY])
+                    record[F_LANE] = lane.id
+                message = f"no explicit ack within ackTimeout ({self.settings.ack_timeout:g}s)"
+                failures.append(self._fail(lane, record, "AckTimeout", message, now))
+                if lane.inflight == 0:
+                    self._settle(lane)
+        return failures
+
+    def oldest_unfinished_ages(self, now: float) -> dict[TopicPartition, float]:
+        """Per partition, seconds its commit position has waited on the oldest unfinished record
+        (0 when nothing is unfinished). Measured from when a call first saw that record oldest, so
+        call it regularly (the runner does, with every snapshot)."""
+        ages: dict[TopicPartition, float] = {}
+        for tp, state in self._partitions.items():
+            head = state.offsets.position() if state.offsets.outstanding else None
+            if head != state.head:
+                state.head = head
+                state.head_since = now
+            ages[tp] = 0.0 if head is None else now - state.head_since
+        return ages
 
     def ack(self, topic: str, partition: int, offset: int) -> bool:
         """An explicit ack. False when the partition is not ours (any more): the ack is ignored."""
@@ -1023,7 +1075,7 @@ class Dispatcher:
         resume: list[tuple[TopicPartition, int | None]] = []
         for tp, state in self._partitions.items():
             full = (
-                state.buffered >= settings.max_buffered_records
+                state.offsets.outstanding >= settings.max_buffered_records
                 or state.buffered_bytes >= settings.max_buffered_bytes
                 or state.rewind_to is not None
             )
@@ -1032,7 +1084,7 @@ class Dispatcher:
                 pause.append(tp)
             elif state.paused and not state.stopped:
                 low = (
-                    state.buffered <= settings.max_buffered_records // 2
+                    state.offsets.outstanding <= settings.max_buffered_records // 2
                     and state.buffered_bytes <= settings.max_buffered_bytes // 2
                 )
                 if low:

@@ -21,6 +21,8 @@ class PartitionSnapshot:
     high_watermark: int | None  # from the last fetch response (client cache), None if unknown
     paused: bool  # paused for backpressure
     stopped: bool  # stopped by onError: stop
+    # Seconds the commit position has waited on the oldest unfinished record (0: nothing unfinished).
+    oldest_unfinished_age: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ class TriggerRunner:
                 max_buffered_records=self.attrs.max_buffered_records,
                 max_buffered_bytes=self.attrs.max_buffered_bytes,
                 ack_mode=trigger.explicit_ack_mode,
+                ack_timeout=self.attrs.ack_timeout,
             ),
             FailurePolicy(
                 max_retries=self.attrs.max_retries,
@@ -559,6 +560,7 @@ class TriggerRunner:
     def _publish(self, consumer: Consumer | None, now: float) -> None:
         """Hand the observer a fresh snapshot (only when somebody observes)."""
         partitions = []
+        ages = self.dispatcher.oldest_unfinished_ages(now)
         for (topic, partition), committed, position, paused, stopped in self.dispatcher.partition_view():
             high: int | None = None
             if consumer is not None:
@@ -569,7 +571,10 @@ class TriggerRunner:
                     high = high_mark if high_mark >= 0 else None
                 except KafkaException:
                     high = None
-            partitions.append(PartitionSnapshot(topic, partition, committed, position, high, paused, stopped))
+            age = ages.get((topic, partition), 0.0)
+            partitions.append(
+                PartitionSnapshot(topic, partition, committed, position, high, paused, stopped, age)
+            )
         self.observer.on_snapshot(
             TriggerSnapshot(
                 trigger=self.trigger.name,
@@ -799,6 +804,8 @@ class TriggerRunner:
                 self._flow_control(consumer)
                 self._respawn_due(now)
                 self._check_event_timeouts(now)
+                for failure in dispatcher.expire_acks(now):
+                    self._on_failure(failure)
                 if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
                     self._last_commit = now
                     self._commit(consumer, None, synchronous=False)
