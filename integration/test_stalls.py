@@ -8,7 +8,10 @@ profile, end offsets from delivery reports, topics never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -16,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError
+from test_backpressure import log_time
 from test_operations import function_config, health_port, http_get
 
 from streamworker.config import load_config
@@ -246,3 +251,86 @@ def test_idle_connections_to_the_health_port_neither_pile_up_threads_nor_slow_th
     end = produce(broker_bootstrap, topic, [Record(value=b"after", partition=0)])
     wait_until(lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end, 60)
     assert proc.terminate() == 0
+
+
+# ----------------------------------------------------------------- worker deaths behind child processes
+
+# Body "spawn:<how>": leave a background process (see tests/fixtures/handlers/background.py) holding
+# whatever it inherited. Body "wait": the first time, block until the test kills the worker.
+SPAWNING_HANDLER = """
+import json
+import os
+import subprocess
+import time
+
+LEDGER = os.environ["LEDGER"]
+
+
+def note(**fields):
+    with open(LEDGER, "a", encoding="utf-8") as out:
+        out.write(json.dumps(fields) + "\\n")
+
+
+def handler(context, event):
+    body = event.body.decode()
+    note(offset=event.offset, body=body, pid=os.getpid(), attempt=event.attempt)
+    if body == "spawn:popen":
+        note(background=subprocess.Popen(["sleep", "60"], close_fds=False).pid)
+    elif body == "spawn:fork":
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        note(background=pid)
+    elif body == "wait" and not os.path.exists(LEDGER + ".waited"):
+        open(LEDGER + ".waited", "w").close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    return "ok"
+"""
+
+
+@pytest.mark.parametrize("how", ["popen", "fork"])
+def test_a_killed_worker_is_noticed_within_a_second_while_its_child_holds_the_pipe(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+    how: str,
+) -> None:
+    topic, group = unique(f"bgkill-{how}"), unique(f"bgkill-{how}-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    bodies = [f"spawn:{how}", "wait"] + [f"r{i}" for i in range(2, 100)]
+    end = produce(broker_bootstrap, topic, [Record(value=b.encode(), partition=0) for b in bodies])
+    ledger_path = tmp_path / "ledger.jsonl"
+    config = function_config(broker_bootstrap, topic, group, quick_profile)
+    config["spec"]["env"] = [{"name": "LEDGER", "value": str(ledger_path)}]
+    config["spec"]["triggers"]["orders"]["numWorkers"] = 1
+    proc = streamworker_process(function_dir(SPAWNING_HANDLER, config), args=["--health-addr", "off"])
+    try:
+        waiting = wait_until(
+            lambda: [e for e in ledger(ledger_path) if e.get("body") == "wait"], 60, message=proc.output
+        )[0]
+        start = len(proc.logs)
+        killed_at = time.time()
+        os.kill(waiting["pid"], signal.SIGKILL)
+        died = proc.wait_for_log("worker died; replacing it", timeout=30, start=start)
+        noticed = log_time(died) - killed_at
+        assert noticed < 1.0, f"worker death noticed after {noticed:.2f}s"
+        wait_until(
+            lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end,
+            60,
+            message=lambda: f"committed {committed_offsets(broker_bootstrap, group, topic, 1)}, end {end}",
+        )
+        handled = {e["offset"] for e in ledger(ledger_path) if "offset" in e}
+        assert handled == set(range(100))
+        assert proc.terminate() == 0
+    finally:
+        for entry in ledger(ledger_path):
+            if "background" in entry:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry["background"], signal.SIGKILL)
