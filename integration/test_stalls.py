@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 from test_backpressure import log_time
-from test_operations import function_config, health_port, http_get
+from test_operations import function_config, health_port, http_get, metric, metrics, metrics_text
 
 from streamworker.config import load_config
 from streamworker.devbroker import Record, committed_offsets, create_topics, produce
@@ -334,3 +334,89 @@ def test_a_killed_worker_is_noticed_within_a_second_while_its_child_holds_the_pi
             if "background" in entry:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(entry["background"], signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------ records past a stuck head
+
+# explicitOnly: every record is acked by the handler except offset 0 on its first attempt.
+ACKING_HANDLER = """
+import json
+import os
+
+from streamworker.worker.sdk import QualifiedOffset
+
+LEDGER = os.environ["LEDGER"]
+
+
+def handler(context, event):
+    with open(LEDGER, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"offset": event.offset, "attempt": event.attempt}) + "\\n")
+    if event.offset != 0 or event.attempt > 1:
+        context.platform.explicit_ack_sync(QualifiedOffset.from_event(event))
+    return "ok"
+"""
+
+
+def stuck_head_config(
+    broker: str, topic: str, group: str, profile: dict[str, str], ledger_path: Path, **attributes: Any
+) -> dict[str, Any]:
+    config = function_config(broker, topic, group, profile, maxBufferedRecords=100, **attributes)
+    config["spec"]["env"] = [{"name": "LEDGER", "value": str(ledger_path)}]
+    config["spec"]["triggers"]["orders"]["explicitAckMode"] = "explicitOnly"
+    return config
+
+
+def test_records_handled_past_an_unacked_head_stay_bounded_and_its_age_shows(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("stuckhead"), unique("stuckhead-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    produce(broker_bootstrap, topic, [Record(value=b"x", partition=0) for _ in range(3000)])
+    ledger_path = tmp_path / "ledger.jsonl"
+    config = stuck_head_config(broker_bootstrap, topic, group, quick_profile, ledger_path)
+    proc = streamworker_process(function_dir(ACKING_HANDLER, config), args=["--health-addr", "127.0.0.1:0"])
+    port = health_port(proc)
+    labels = {"trigger": "orders", "topic": topic, "partition": "0"}
+
+    def stuck_for(seconds: float) -> bool:
+        found = metrics(port)
+        age = metric(found, "streamworker_oldest_unfinished_age_seconds", **labels)
+        return metric(found, "streamworker_partition_paused", **labels) == 1 and (age or 0) >= seconds
+
+    wait_until(lambda: stuck_for(3.0), 60, message=lambda: metrics_text(port) + proc.output())
+    handled = len(ledger(ledger_path))
+    assert 0 < handled <= 100, f"{handled} records handled past an unacked head (limit 100)"
+    assert committed_offsets(broker_bootstrap, group, topic, 1).get(0, 0) == 0
+    assert proc.terminate() == 0
+
+
+def test_ack_timeout_retries_a_record_left_unacked_and_the_partition_moves_on(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    function_dir: Callable[..., Path],
+    quick_profile: dict[str, str],
+    wait_until: Callable[..., Any],
+    streamworker_process: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    topic, group = unique("acktimeout"), unique("acktimeout-g")
+    create_topics(broker_bootstrap, {topic: 1})
+    end = produce(broker_bootstrap, topic, [Record(value=b"x", partition=0) for _ in range(500)])
+    ledger_path = tmp_path / "ledger.jsonl"
+    config = stuck_head_config(broker_bootstrap, topic, group, quick_profile, ledger_path, ackTimeout="2s")
+    proc = streamworker_process(function_dir(ACKING_HANDLER, config), args=["--health-addr", "off"])
+    failed = proc.wait_for_log("handler failed; will retry", timeout=60)
+    assert (failed["offset"], failed["error_type"]) == (0, "AckTimeout"), failed
+    wait_until(
+        lambda: committed_offsets(broker_bootstrap, group, topic, 1) == end,
+        60,
+        message=lambda: f"committed {committed_offsets(broker_bootstrap, group, topic, 1)}, end {end}",
+    )
+    assert {(e["offset"], e["attempt"]) for e in ledger(ledger_path) if e["offset"] == 0} == {(0, 1), (0, 2)}
+    assert proc.terminate() == 0
