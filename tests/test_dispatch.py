@@ -724,3 +724,25 @@ def test_age_of_the_oldest_unfinished_record_per_partition() -> None:
     assert d.oldest_unfinished_ages(16.0)[(T, 0)] == 2.0
     d.complete(0, ok(d.take_dispatches(16.0)[0]), 16.0)
     assert d.oldest_unfinished_ages(20.0)[(T, 0)] == 0.0, "nothing unfinished"
+
+
+def test_an_ack_timeout_waits_while_its_lane_has_a_record_parked_for_the_dead_letter_topic() -> None:
+    d = make(
+        workers=1,
+        ack_mode=ExplicitAckMode.EXPLICIT_ONLY,
+        ack_timeout=5.0,
+        max_retries=0,
+        action=OnError.DEADLETTER,
+    )
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, [*ok(batch[:1]), *error(batch[1:])], 0.0)  # 0 awaits its ack, 1 is parked
+    ((parked, _, _),) = d.take_dead_letters()
+    assert d.expire_acks(10.0) == [], "the lane has a parked record: the timeout waits"
+    assert d.dead_lettered(parked) is True
+    (failure,) = d.expire_acks(10.0)
+    assert (failure.record[F_OFFSET], failure.action) == (0, "deadletter")
+    ((again, _, _),) = d.take_dead_letters()
+    assert d.dead_lettered(again) is True
+    assert d.commit_positions() == {(T, 0): 2}

@@ -1012,15 +1012,19 @@ class Dispatcher:
         for state in self._partitions.values():
             deadlines = state.ack_deadlines
             while deadlines and deadlines[0][0] <= now and not state.revoking:
-                _, offset, attempt = deadlines.popleft()
+                _, offset, attempt = deadlines[0]
                 record = state.awaiting_ack.get(offset)
                 if record is None or record[F_ATTEMPT] != attempt:
+                    deadlines.popleft()
                     continue  # acked meanwhile (or this is an older attempt's deadline)
-                del state.awaiting_ack[offset]
                 lane = self._lanes.get(record[F_LANE])
                 if lane is None:  # key mode drops idle lanes: the key gets a lane again
                     lane = state.default_lane or self._key_lane(state, record[F_KEY])
                     record[F_LANE] = lane.id
+                if lane.parked is not None:
+                    break  # one parked record per lane: this one fails once that one is done
+                deadlines.popleft()
+                del state.awaiting_ack[offset]
                 message = f"no explicit ack within ackTimeout ({self.settings.ack_timeout:g}s)"
                 failures.append(self._fail(lane, record, "AckTimeout", message, now))
                 if lane.inflight == 0:
