@@ -224,7 +224,13 @@ class FrameReader:
             end = start + HEADER.size + length
             if len(view) < end:
                 break
-            messages.append(msgpack.unpackb(bytes(view[start + HEADER.size : end]), raw=False, use_list=True))
+            try:
+                message = msgpack.unpackb(bytes(view[start + HEADER.size : end]), raw=False, use_list=True)
+            except (ValueError, msgpack.UnpackException) as exc:  # msgpack's errors are ValueErrors
+                raise ProtocolError(f"undecodable frame of {length} bytes: {exc}") from exc
+            if type(message) is not list or not message:
+                raise ProtocolError(f"frame is not a message (a non-empty list): {type(message).__name__}")
+            messages.append(message)
             start = end
         if start:
             del self._buffer[:start]

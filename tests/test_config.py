@@ -1119,7 +1119,9 @@ def test_attribute_table_covers_the_model() -> None:
     trigger_fields = {model_field.name for model_field in dataclasses.fields(TriggerConfig)}
     assert {spec.attr for spec in TRIGGER.fields if spec.attr} | {"name"} == trigger_fields
     function_fields = {model_field.name for model_field in dataclasses.fields(FunctionConfig)}
-    assert {spec.attr for spec in SPEC.fields if spec.attr} | {"path", "name"} == function_fields
+    # path, name and secret_env are derived while loading, not keys of spec.
+    derived = {"path", "name", "secret_env"}
+    assert {spec.attr for spec in SPEC.fields if spec.attr} | derived == function_fields
 
 
 def test_printed_defaults_parse_back_to_the_model_defaults() -> None:
@@ -1495,3 +1497,12 @@ def test_a_bad_annotation_value_names_the_annotation(fn_dir: Path) -> None:
 
 def test_empty_event_timeout_means_none(fn_dir: Path) -> None:
     assert load(fn_dir, _set("spec.eventTimeout", "")).config.event_timeout is None
+
+
+def test_ack_timeout_is_off_by_default_and_takes_a_duration(fn_dir: Path) -> None:
+    assert load(fn_dir, minimal()).config.triggers[0].attributes.ack_timeout is None
+    doc = minimal()
+    attributes_of(doc)["ackTimeout"] = "90s"
+    assert load(fn_dir, doc).config.triggers[0].attributes.ack_timeout == 90.0
+    attributes_of(doc)["ackTimeout"] = "0s"
+    assert "ackTimeout" in error_of(fn_dir, doc)

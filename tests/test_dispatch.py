@@ -786,3 +786,191 @@ def test_a_free_lane_avoids_a_worker_still_running_a_call_of_a_forgotten_partiti
     d.forget([(T, 0)])  # lost while its call runs (and may run for long) on worker ``wid``
     d.add([rec(1, 0), rec(1, 1)])
     assert list(d.take_dispatches(1.0)) == [1 - wid], "partition 1 must not queue behind the old call"
+
+
+# -- stalls and bounds (issue #13) -------------------------------------------------------------------
+
+
+def test_a_waiting_suspect_stops_the_refilling_of_its_worker() -> None:
+    # Static mode: partitions 0 and 1 both belong to worker 0. After an ambiguous crash partition 0's
+    # records are suspects, while partition 1 keeps the worker's window topped up every pass.
+    d = make(AllocationMode.STATIC, workers=1, window_events=4, lane_batch=4)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, i) for i in range(3)])
+    d.take_dispatches(0.0)
+    d.add([rec(1, i) for i in range(1000)])
+    d.worker_lost(0, "exit code 1", now=1.0, head_running=False)
+    d.worker_ready(0)
+    queued: list[Record] = []
+    passes = 0
+    while passes < 50:
+        passes += 1
+        batch = d.take_dispatches(2.0).get(0, [])
+        if any(e[F_PARTITION] == 0 for e in batch):
+            assert offsets(batch) == [(0, 0)], "a suspect runs alone"
+            assert queued == [], "on an empty worker"
+            break
+        queued.extend(batch)
+        # The worker finishes two records per pass: its window never runs empty by itself.
+        d.complete(0, ok(queued[:2]), 2.0)
+        del queued[:2]
+    else:
+        raise AssertionError("the suspect never ran: its worker was refilled every pass")
+    assert passes <= 10
+
+
+def test_a_dispatch_counts_bytes_against_the_window() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    d.add([rec(0, i, value=b"x" * 40) for i in range(10)])
+    batch = d.take_dispatches(0.0)[0]
+    assert offsets(batch) == [(0, 0), (0, 1)], "40 + 40 fit in 100 bytes, a third does not"
+    assert d.take_dispatches(0.0) == {}
+    d.complete(0, ok(batch), 0.0)
+    assert offsets(d.take_dispatches(0.0)[0]) == [(0, 2), (0, 3)]
+
+
+def test_a_record_larger_than_the_window_goes_alone_on_an_empty_worker() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, value=b"x" * 10), rec(0, 1, value=b"x" * 500), rec(0, 2, value=b"x" * 10)])
+    first = d.take_dispatches(0.0)[0]
+    assert offsets(first) == [(0, 0)], "the big record waits for an empty worker"
+    d.complete(0, ok(first), 0.0)
+    big = d.take_dispatches(0.0)[0]
+    assert offsets(big) == [(0, 1)]
+    assert d.take_dispatches(0.0) == {}
+
+
+def test_a_run_is_split_at_the_window_bytes() -> None:
+    d = make(workers=1, window_bytes=100)
+    d.assign([(T, 0)])
+    values = [b"x" * 10, b"x" * 10, b"x" * 70, b"x" * 20, b"x" * 10]
+    d.add([Run(T, 0, list(range(5)), [None] * 5, values, [None] * 5, [-1] * 5)])
+    runs = d.take_dispatches(0.0)[0]
+    assert [run[R_OFFSETS] for run in runs] == [[0, 1, 2]], "10 + 10 + 70 fit, the next 20 does not"
+    assert d.take_dispatches(0.0) == {}
+
+
+def test_a_record_deferred_by_a_worker_that_died_stays_behind_the_failed_one() -> None:
+    # Offset 5 failed (reported); the worker deferred 6 and 7 (it holds the lane) but died before
+    # reporting them. 6 never ran, so it is not blamed, and 5 still comes first.
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in (5, 6, 7)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, error(batch[:1]), 0.0)
+    failures = d.worker_lost(0, "exit code 1", now=0.2, head_running=True)
+    assert failures == []
+    d.worker_ready(0)
+    retried = d.take_dispatches(100.0)[0]
+    assert offsets(retried) == [(0, 5), (0, 6), (0, 7)]
+    assert [e[F_ATTEMPT] for e in retried] == [2, 1, 1]
+
+
+def test_records_done_behind_an_unacked_head_count_against_the_buffer_limit() -> None:
+    # explicitOnly, per-record acks: offset 0 is never acked; 1..9 are handled and acked. Only one
+    # record is unfinished, but ten are tracked past the commit position: the partition must pause.
+    d = make(
+        workers=1,
+        ack_mode=ExplicitAckMode.EXPLICIT_ONLY,
+        ack_scope=ExplicitAckScope.RECORD,
+        max_buffered_records=10,
+    )
+    d.assign([(T, 0)])
+    d.add([rec(0, i) for i in range(10)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 0.0)
+    for offset in range(1, 10):
+        d.ack(T, 0, offset)
+    assert d.buffered_total() == 1
+    assert d.flow_control() == ([(T, 0)], [])
+    assert d.add([rec(0, 10), rec(0, 11)]) == 0, "nothing more is taken past the limit"
+    assert d.flow_control() == ([], []), "and it stays paused while the head is unfinished"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 10}
+    assert d.flow_control() == ([], [((T, 0), 10)]), "resumed, refetching from the first dropped offset"
+
+
+def test_records_done_behind_a_parked_record_in_key_mode_count_against_the_buffer_limit() -> None:
+    d = make(AllocationMode.KEY, workers=2, max_retries=0, action=OnError.DEADLETTER, max_buffered_records=6)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0, key=b"stuck")] + [rec(0, i, key=f"k{i}".encode()) for i in range(1, 6)])
+    for wid, batch in d.take_dispatches(0.0).items():
+        results = [
+            [e[F_SEQ], Status.ERROR, 0.0, "ValueError", "boom"] if e[F_OFFSET] == 0 else ok([e])[0]
+            for e in batch
+        ]
+        d.complete(wid, results, 0.0)
+    assert [r[F_OFFSET] for r, _, _ in d.take_dead_letters()] == [0]  # parked until the copy is confirmed
+    assert d.buffered_total() == 1
+    assert d.flow_control() == ([(T, 0)], [])
+    assert d.add([rec(0, 6, key=b"k6")]) == 0
+
+
+def test_ack_timeout_turns_a_missing_ack_into_a_failed_attempt() -> None:
+    d = make(
+        workers=1,
+        ack_mode=ExplicitAckMode.EXPLICIT_ONLY,
+        ack_scope=ExplicitAckScope.RECORD,  # a cumulative ack of 1 would close 0 too
+        ack_timeout=5.0,
+    )
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 1.0)
+    d.ack(T, 0, 1)
+    assert d.expire_acks(5.9) == []
+    (failure,) = d.expire_acks(6.0)
+    assert (failure.record[F_OFFSET], failure.error_type, failure.action) == (0, "AckTimeout", "retry")
+    assert d.outcomes[(T, "error")] == 1
+    assert d.take_dispatches(6.0) == {}, "waits out the retry backoff"
+    (retried,) = d.take_dispatches(100.0)[0]
+    assert (retried[F_OFFSET], retried[F_ATTEMPT], retried[F_RETRY]) == (0, 2, True)
+    d.complete(0, ok([retried]), 100.0)
+    assert d.expire_acks(104.0) == [], "the new attempt has its own deadline"
+    d.ack(T, 0, 0)
+    assert d.commit_positions() == {(T, 0): 2}
+    assert d.expire_acks(1000.0) == []
+
+
+def test_without_ack_timeout_a_missing_ack_waits_forever() -> None:
+    d = make(workers=1, ack_mode=ExplicitAckMode.EXPLICIT_ONLY)
+    d.assign([(T, 0)])
+    d.add([rec(0, 0)])
+    d.complete(0, ok(d.take_dispatches(0.0)[0]), 0.0)
+    assert d.expire_acks(1e9) == []
+    assert d.commit_positions() == {(T, 0): 0}
+
+
+def test_age_of_the_oldest_unfinished_record_per_partition() -> None:
+    d = make(workers=1, window_events=1)
+    d.assign([(T, 0), (T, 1)])
+    d.add([rec(0, 0), rec(0, 1)])
+    assert d.oldest_unfinished_ages(10.0) == {(T, 0): 0.0, (T, 1): 0.0}
+    assert d.oldest_unfinished_ages(13.0) == {(T, 0): 3.0, (T, 1): 0.0}
+    d.complete(0, ok(d.take_dispatches(13.0)[0]), 13.5)
+    assert d.oldest_unfinished_ages(14.0)[(T, 0)] == 0.0, "a new head starts its own clock"
+    assert d.oldest_unfinished_ages(16.0)[(T, 0)] == 2.0
+    d.complete(0, ok(d.take_dispatches(16.0)[0]), 16.0)
+    assert d.oldest_unfinished_ages(20.0)[(T, 0)] == 0.0, "nothing unfinished"
+
+
+def test_an_ack_timeout_waits_while_its_lane_has_a_record_parked_for_the_dead_letter_topic() -> None:
+    d = make(
+        workers=1,
+        ack_mode=ExplicitAckMode.EXPLICIT_ONLY,
+        ack_timeout=5.0,
+        max_retries=0,
+        action=OnError.DEADLETTER,
+    )
+    d.assign([(T, 0)])
+    d.add([rec(0, 0), rec(0, 1)])
+    batch = d.take_dispatches(0.0)[0]
+    d.complete(0, [*ok(batch[:1]), *error(batch[1:])], 0.0)  # 0 awaits its ack, 1 is parked
+    ((parked, _, _),) = d.take_dead_letters()
+    assert d.expire_acks(10.0) == [], "the lane has a parked record: the timeout waits"
+    assert d.dead_lettered(parked) is True
+    (failure,) = d.expire_acks(10.0)
+    assert (failure.record[F_OFFSET], failure.action) == (0, "deadletter")
+    ((again, _, _),) = d.take_dead_letters()
+    assert d.dead_lettered(again) is True
+    assert d.commit_positions() == {(T, 0): 2}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -201,6 +203,13 @@ def test_live_while_the_loop_turns() -> None:
     assert liveness(["t"], {"t": replace(stale, stopping=True)}, now=1000.0, timeout=30.0, started_at=0.0).ok
 
 
+def test_a_failed_trigger_is_not_live_even_while_it_stops() -> None:
+    failed = snapshot(now=999.0, failed="fatal Kafka client error _FENCED: fenced", stopping=True)
+    verdict = liveness(["t"], {"t": failed}, now=1000.0, timeout=30.0, started_at=0.0)
+    assert not verdict.ok
+    assert verdict.reasons == ("trigger t: failed: fatal Kafka client error _FENCED: fenced",)
+
+
 def test_a_trigger_without_a_snapshot_is_live_for_the_timeout_after_start() -> None:
     assert liveness(["t"], {}, now=1010.0, timeout=30.0, started_at=1000.0).ok
     assert not liveness(["t"], {}, now=1031.0, timeout=30.0, started_at=1000.0).ok
@@ -364,3 +373,45 @@ def test_metrics_speak_openmetrics_to_scrapers_that_ask(
     with urllib.request.urlopen(plain, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert not response.read().decode().endswith("# EOF\n")
+
+
+def _threads_of_this_process() -> int:
+    return threading.active_count()
+
+
+def test_idle_connections_are_capped_and_time_out_while_live_answers_at_once() -> None:
+    observer = MetricsObserver("fn", ["t"])
+    server = HealthServer(
+        HealthAddress("127.0.0.1", 0), observer, live_timeout=30.0, idle_timeout=1.0, max_connections=8
+    )
+    server.start()
+    before = _threads_of_this_process()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", server.address.port), timeout=5))
+        started = time.monotonic()
+        status, _, _ = get(server, "/live")
+        assert status == 200
+        assert time.monotonic() - started < 1.0
+        # One thread per open connection at most, and at most max_connections of them.
+        assert _threads_of_this_process() <= before + 2 * 8  # (evicted ones may still be ending)
+        # Idle connections are cut after idle_timeout: the threads go away.
+        deadline = time.monotonic() + 10
+        while _threads_of_this_process() > before and time.monotonic() < deadline:
+            time.sleep(0.05)  # a poll interval while waiting for the threads to end
+        assert _threads_of_this_process() == before
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_the_age_of_the_oldest_unfinished_record_is_a_partition_metric() -> None:
+    observer = MetricsObserver("fn", ["t"])
+    observer.on_snapshot(snapshot(partitions=(partition(0, oldest_unfinished_age=7.5), partition(1))))
+    found = samples(observer)
+    labels = (("partition", "0"), ("topic", "orders"), ("trigger", "t"))
+    assert found[("streamworker_oldest_unfinished_age_seconds", labels)] == 7.5
+    labels = (("partition", "1"), ("topic", "orders"), ("trigger", "t"))
+    assert found[("streamworker_oldest_unfinished_age_seconds", labels)] == 0.0

@@ -3,6 +3,9 @@ of every message."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from streamworker.config.kafka_settings import client_settings_problem, security
 from streamworker.config.model import ExplicitAckMode, SaslMechanism, Secret
 from streamworker.devsecurity import Pki, make_pki
 from streamworker.supervisor.deadletter import producer_settings
+from streamworker.supervisor.runner import RunnerOptions, TriggerRunner
 
 PASSWORD = "pa$$-W0rd-7f3c9e"  # distinctive, so a leak is easy to spot
 A = "spec.triggers.orders.attributes"
@@ -293,3 +297,51 @@ def test_mixed_case_enum_values_load(fn_dir: Path) -> None:
     doc = doc_with()
     doc["spec"]["triggers"]["orders"]["explicitAckMode"] = "explicitOnly"
     assert load(fn_dir, doc).config.triggers[0].explicit_ack_mode is ExplicitAckMode.EXPLICIT_ONLY
+
+
+# --- secrets stay out of the workers' environment -----------------------------------------------------
+
+
+def test_variables_secret_fields_refer_to_are_listed(fn_dir: Path, pki: Pki) -> None:
+    doc = doc_with(
+        sasl={"user": "svc", "password": "${KAFKA_PASSWORD}"},
+        tls={"caCert": str(pki.ca_cert), "clientCert": str(pki.client_cert), "clientKey": "${TLS_KEY}"},
+        librdkafka={"ssl.key.password": "${KEY_PW:-x}", "client.rack": "${RACK}"},
+    )
+    environ = {"KAFKA_PASSWORD": PASSWORD, "TLS_KEY": pki.client_key.read_text(), "RACK": "r1"}
+    loaded = load(fn_dir, doc, environ)
+    assert loaded.config.secret_env == {"KAFKA_PASSWORD", "TLS_KEY", "KEY_PW"}
+
+
+def test_workers_do_not_inherit_secret_variables_unless_spec_env_names_them(fn_dir: Path) -> None:
+    # A real worker process reports the environment it got (from init_context, before any record).
+    seen = fn_dir / "env.json"
+    (fn_dir / "main.py").write_text(
+        "import json, os\n"
+        "def init_context(context):\n"
+        f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(os.environ)))\n"
+        "def handler(context, event):\n"
+        "    return None\n"
+    )
+    doc = doc_with(
+        sasl={"user": "svc", "password": "${KAFKA_PASSWORD}"},
+        librdkafka={"sasl.oauthbearer.config": "${OAUTH}"},
+    )
+    doc["spec"]["env"] = [{"name": "OAUTH", "value": "${OAUTH}"}]  # named in spec.env: handed over
+    environ = {"KAFKA_PASSWORD": PASSWORD, "OAUTH": "principal=x"}
+    loaded = load(fn_dir, doc, environ)
+    function = loaded.config
+    runner = TriggerRunner(
+        function,
+        function.triggers[0],
+        threading.Event(),
+        RunnerOptions(extra_env={**environ, "UNRELATED": "1"}),
+    )
+    assert "KAFKA_PASSWORD" in runner.env  # the supervisor keeps it (and needs none of it after loading)
+    try:
+        runner._start_workers()
+        names = set(json.loads(seen.read_text()))
+    finally:
+        runner._terminate_workers(time.monotonic() + 10)
+    assert "KAFKA_PASSWORD" not in names
+    assert {"OAUTH", "UNRELATED"} <= names

@@ -17,7 +17,17 @@ from typing import Any
 
 import pytest
 
-from streamworker.protocol import EVENT_FIELDS, RUN_FIELDS, FrameReader, Msg, Status, WorkerInit, encode
+from streamworker.protocol import (
+    EVENT_FIELDS,
+    RUN_FIELDS,
+    FrameReader,
+    Msg,
+    ProtocolError,
+    Status,
+    WorkerInit,
+    encode,
+)
+from streamworker.supervisor.workers import WorkerProcess
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
 TIMEOUT = 10.0
@@ -803,3 +813,100 @@ def test_drain_and_terminate_are_read_while_a_sync_handler_runs(
     assert harness.wait_exit() == 0
     callbacks = [entry["callback"] for entry in harness.observed() if "callback" in entry]
     assert callbacks == ["drain", "terminate"]
+
+
+# -- background processes started by the handler --------------------------------------------------
+
+
+@pytest.fixture
+def background_pids(harness: WorkerHarness) -> Iterator[list[int]]:
+    """Pids of the background processes the handler left; killed at teardown."""
+    pids: list[int] = []
+    yield pids
+    for entry in harness.observed():
+        if "background" in entry:
+            pids.append(int(entry["background"]))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["system", "popen"])
+def test_a_process_the_handler_leaves_does_not_keep_the_pipe_open(
+    harness: WorkerHarness, background_pids: list[int], how: str
+) -> None:
+    # The worker's pipe ends must not be inherited: otherwise the background process holds the
+    # output pipe open after the worker dies and the supervisor never sees end of file.
+    harness.start("background:handler")
+    harness.events(wire_event(0, how.encode()))
+    results, _ = harness.results(1)
+    assert statuses(results) == [(0, OK)]
+    assert any(entry.get("how") == how for entry in harness.observed())
+    harness.proc.kill()
+    harness.wait_exit()
+    harness.wait_eof(timeout=2.0)
+
+
+def _frames_until(process: WorkerProcess, kind: Msg, timeout: float = TIMEOUT) -> list[Any]:
+    """Read the supervisor's end of ``process`` until a ``kind`` frame arrives; return its payload."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {kind.name} frame within {timeout}s")
+        select.select([process.read_fd], [], [], remaining)
+        messages, eof = process.receive()
+        for message in messages:
+            if message[0] == kind:
+                return list(message[1:])
+        assert not eof, "worker exited"
+
+
+def test_the_supervisor_sees_a_worker_exit_while_a_forked_child_holds_its_pipe(tmp_path: Path) -> None:
+    # A child that forks without exec keeps every descriptor, close-on-exec or not: only watching
+    # the process itself (its pidfd) tells the supervisor the worker died.
+    out = tmp_path / "observed.jsonl"
+    init = WorkerInit(
+        handler="background:handler",
+        code_dir=str(HANDLERS),
+        worker_id=0,
+        trigger_name="orders-trigger",
+        trigger_kind="kafka-cluster",
+        function_name="fn",
+        decode_strings=True,
+        log_level="info",
+    )
+    process = WorkerProcess(0, init, dict(os.environ, SW_TEST_OUT=str(out)))
+    background: list[int] = []
+    try:
+        assert process.exit_fd >= 0, "no pidfd on this platform"
+        _frames_until(process, Msg.READY)
+        process.send([Msg.EVENTS, [wire_event(0, b"fork")]])
+        _frames_until(process, Msg.RESULTS)
+        background = [json.loads(line)["background"] for line in out.read_text().splitlines()]
+        process.kill()
+        started = time.monotonic()
+        readable, _, _ = select.select([process.exit_fd], [], [], 1.0)
+        assert readable == [process.exit_fd], "worker exit not seen within 1 s"
+        assert time.monotonic() - started < 1.0
+        assert process.exited()
+        _, eof = process.receive()
+        assert not eof, "the forked child should still hold the pipe (else this test proves nothing)"
+    finally:
+        for pid in background:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.reap()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xc1\xc1", encode([Msg.READY, {}])[4:] + b"\x00", encode(7)[4:]],
+    ids=["msgpack", "extra", "shape"],
+)
+def test_an_undecodable_frame_is_a_protocol_error(body: bytes) -> None:
+    # The supervisor replaces the worker on a ProtocolError; any other exception would end the trigger.
+    reader = FrameReader()
+    with pytest.raises(ProtocolError):
+        reader.feed(len(body).to_bytes(4, "big") + body)

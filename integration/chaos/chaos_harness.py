@@ -13,6 +13,8 @@ Pieces (all driven from the test's main thread, except the producer and the comm
   except one with ``"ack_later": true``: kept, and acked by the drain or termination callback, or by
   a call of the same worker ``ACK_LATER_S`` later (so it is acked without a rebalance too); the
   callbacks write ``drain_acks`` / ``terminate_acks`` lines (how many they acked).
+  A record with ``"spawn": true`` leaves a background process holding everything the worker let it
+  inherit (``subprocess`` with ``close_fds=False``), whose worker is then SIGKILLed (``orphan_kill``).
 * :class:`ChaosProducer`: one record per topic every ``1/rate`` s, keys drawn from a seeded RNG,
   partition = key index mod partitions, a sequence number per key; it talks to the broker directly,
   so production goes on while streamworker's connection is cut. Delivery reports are the truth.
@@ -44,6 +46,7 @@ HANDLER = """
 import json
 import math
 import os
+import subprocess
 import time
 
 from streamworker.worker.sdk import QualifiedOffset
@@ -55,6 +58,7 @@ ACK_LATER_S = 6.0
 kept = []
 DELAY_S = float(os.environ.get("HANDLER_DELAY_S", "0"))
 HANG_S = float(os.environ.get("HANG_S", "60"))
+SPAWN_S = 30
 MARKS = os.environ["LEDGER"] + ".marks"
 os.makedirs(MARKS, exist_ok=True)
 LEDGER_FD = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -107,6 +111,12 @@ def handler(context, event):
         if first_time(f"{body['id']}.fail{n}"):
             write("fail", fields)
             raise RuntimeError(f"poison record {body['id']}: failing on purpose, failure {n}")
+    if body.get("spawn") and first_time(body["id"] + ".spawn"):
+        # A handler shelling out and leaving a process behind; the harness kills this worker next.
+        child = subprocess.Popen(
+            ["sleep", str(SPAWN_S)], close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        write("spawn", {**fields, "background": child.pid})
     if body.get("hang") and first_time(body["id"] + ".hang"):
         write("hang", fields)
         time.sleep(HANG_S)
@@ -569,8 +579,8 @@ class Fleet:
 @dataclass(frozen=True)
 class Step:
     at: float  # seconds after the phase started
-    # kill_worker | kill_supervisor | join | leave | cut | restore | hang | poison | slow_join |
-    # burst_join | ack_join | ack_later
+    # kill_worker | orphan_kill | kill_supervisor | join | leave | cut | restore | hang | poison |
+    # slow_join | burst_join | ack_join | ack_later
     action: str
     choice: int = 0  # picks the target among the candidates present at that moment
 
@@ -590,10 +600,14 @@ def make_schedule(seed: int, long: bool) -> list[Phase]:
         return rng.randrange(1 << 30)
 
     phases: list[Phase] = []
-    # SIGKILL a random worker every few seconds.
+    # SIGKILL a random worker every few seconds. Some kills (orphan_kill) hit a worker whose handler
+    # just left a background process holding the worker's inherited descriptors: its death must be
+    # noticed all the same.
     t, steps = 1.0, []
-    for _ in range(10 if long else 3):
-        steps.append(Step(round(t, 2), "kill_worker", choice()))
+    count = 10 if long else 3
+    for n in range(count):
+        kind = "orphan_kill" if n % 4 == 2 or (not long and n == count - 1) else "kill_worker"
+        steps.append(Step(round(t, 2), kind, choice()))
         t += rng.uniform(2.0, 4.0)
     phases.append(Phase("worker kills", tuple(steps), t + 1.0))
     # SIGKILL a supervisor, restart it at once.
@@ -659,7 +673,7 @@ def make_schedule(seed: int, long: bool) -> list[Phase]:
     steps = []
     kinds = ["kill_worker"] * (12 if long else 3) + ["kill_supervisor"] * (3 if long else 1)
     kinds += ["hang"] * (3 if long else 1) + ["poison"] * (3 if long else 1) + ["join"] * (4 if long else 1)
-    kinds += ["cut"] * (3 if long else 1)
+    kinds += ["cut"] * (3 if long else 1) + ["orphan_kill"] * (2 if long else 1)
     kinds += ["slow_join", "burst_join"] if long else []
     for kind in kinds:
         at = round(rng.uniform(0.5, length - 4.0), 2)
@@ -771,6 +785,8 @@ class ChaosRun:
             label = target.split()[0]
             incident = self._incident("worker_kill", phase, target, instance=label, pid=pid)
             incident.start = incident.end = time.time()
+        elif step.action == "orphan_kill":
+            self._orphan_kill(phase)
         elif step.action == "kill_supervisor":
             if not fleet.up:
                 self.result.notes.append(f"{phase}: no instance to kill")
@@ -846,6 +862,49 @@ class ChaosRun:
             )
         else:
             raise ValueError(step.action)
+
+    def _orphan_kill(self, phase: str) -> None:
+        """Inject a ``spawn`` record into every topic; SIGKILL the first worker seen spawning, while
+        its background process lives on. Judged like any worker kill."""
+        ids = set(self.producer.inject({"spawn": True}).values())
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            self.ledger.poll()
+            spawned = [e for e in self.ledger.entries if e["kind"] == "spawn" and e["id"] in ids]
+            live = {
+                pid: (label, trigger, worker) for label, trigger, worker, pid, _ in self.fleet.live_workers()
+            }
+            for entry in spawned:
+                if entry["pid"] in live:
+                    label, trigger, worker = live[entry["pid"]]
+                    # Taken before the kill: the death is noticed within milliseconds, and a record
+                    # the worker finished but never reported may start again on another worker
+                    # before this thread gets to record the incident.
+                    killed_at = time.time()
+                    os.kill(entry["pid"], signal.SIGKILL)
+                    target = (
+                        f"{label} {trigger}/w{worker} pid {entry['pid']}, child {entry['background']} left"
+                    )
+                    incident = self._incident("worker_kill", phase, target, instance=label, pid=entry["pid"])
+                    incident.start = incident.end = killed_at
+                    return
+            self._wake.wait(0.05)  # polling interval of a bounded wait
+        self.result.notes.append(f"{phase}: no worker seen spawning a background process")
+
+    def end_background_processes(self) -> None:
+        """SIGKILL what ``spawn`` records left behind (checked to still be a ``sleep``: pids recycle)."""
+        self.ledger.poll()
+        for entry in self.ledger.entries:
+            if entry["kind"] != "spawn":
+                continue
+            pid = int(entry["background"])
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if not fh.read().startswith(b"sleep"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
     def run(self, phases: Sequence[Phase]) -> RunResult:
         self.result.t0 = time.time()

@@ -121,6 +121,7 @@ def test_chaos_nothing_lost(
         broker_bootstrap, {topic: group for _, topic, group in triggers.values()}, size.partitions
     )
     fleet: Fleet | None = None
+    chaos: ChaosRun | None = None
     try:
         config = function_dir(
             HANDLER,
@@ -172,11 +173,13 @@ def test_chaos_nothing_lost(
         producer.stop()
         sampler.stop()
         link.close()
+        if chaos is not None:
+            chaos.end_background_processes()
         if fleet is not None:
             fleet.dump_logs(tmp_path / "logs")
         keep_artifacts(tmp_path)
 
-    assert fleet is not None
+    assert fleet is not None and chaos is not None
     chaos.refine()
     run = RunRecord(
         triggers={mode: (mode, topic) for mode, (_, topic, _) in triggers.items()},

@@ -373,6 +373,7 @@ def test_the_schedule_is_seeded_and_has_every_fault() -> None:
         actions = {step.action for phase in phases for step in phase.steps}
         assert actions == {
             "kill_worker",
+            "orphan_kill",
             "kill_supervisor",
             "join",
             "leave",

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .durations import format_duration
-from .kafka_settings import SASL_OWNED, TLS_OWNED
+from .kafka_settings import SASL_OWNED, TLS_OWNED, is_sensitive_setting
 from .model import (
     FunctionConfig,
     KafkaAttributes,
@@ -162,6 +162,19 @@ def expand_references(text: str, environ: Mapping[str, str]) -> str:
     return _REFERENCE.sub(replace, text)
 
 
+def referenced_names(text: object) -> set[str]:
+    """Names of the environment variables a value refers to with ``${NAME}`` / ``${NAME:-default}``."""
+    if not isinstance(text, str):
+        return set()
+    names = set()
+    for match in _REFERENCE.finditer(text):
+        body = match.group("body")
+        parsed = _REFERENCE_BODY.fullmatch(body) if body is not None else None
+        if parsed is not None:
+            names.add(parsed.group("name"))
+    return names
+
+
 # --- reading the file -----------------------------------------------------------------------------
 
 
@@ -227,6 +240,9 @@ class _Context:
             if field_path == path or field_path.startswith(path + "[") or field_path.startswith(path + "."):
                 return origin + field_path[len(path) :]
         return field_path
+
+    # Environment variables that secret fields refer to (see FunctionConfig.secret_env).
+    secret_refs: set[str] = field(default_factory=set)
 
     def error(self, field_path: str | None, problem: str) -> ConfigError:
         return ConfigError(self.file, None if field_path is None else self._where(field_path), problem)
@@ -471,6 +487,11 @@ def _parse_trigger(
     tls = ctx.attempt(lambda: _parse_tls(attributes, ctx))
     if len(ctx.errors) > errors_before:
         raise _SectionInvalid()
+    if "librdkafka" in attributes.given:
+        written = trigger.values["attributes"].get(_written_key(attributes, "librdkafka"))
+        for key, value in written.items() if isinstance(written, Mapping) else ():
+            if is_sensitive_setting(str(key)):
+                ctx.secret_refs |= referenced_names(value)
     owned = (SASL_OWNED if sasl else ()) + (TLS_OWNED if tls else ())
     for key in attributes.values["librdkafka"]:
         if key in owned:
@@ -576,6 +597,7 @@ def _parse_sasl(attributes: _Parsed, ctx: _Context) -> SaslSettings | None:
         secret = _read_secret_file(password_file, parsed.paths["passwordFile"], ctx)
     else:
         written = raw.get(_written_key(parsed, "password"))
+        ctx.secret_refs |= referenced_names(written)
         if isinstance(written, str) and "${" in written:
             secret = Secret(password, source=written.strip())
         else:
@@ -626,6 +648,8 @@ def _parse_tls(attributes: _Parsed, ctx: _Context) -> TlsSettings | None:
             return value
         return _existing_file(value, parsed.paths[key], ctx)
 
+    if "clientKey" in parsed.given:
+        ctx.secret_refs |= referenced_names(raw.get(_written_key(parsed, "clientKey")))
     cert, key = material("clientCert"), material("clientKey")
     if (cert is None) != (key is None):
         missing = "clientKey" if key is None else "clientCert"
@@ -714,5 +738,6 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         name=metadata.values["name"] or absolute.parent.name or "function",
         **_model_kwargs(SPEC, spec),
         triggers=tuple(triggers),
+        secret_env=frozenset(ctx.secret_refs),
     )
     return LoadedConfig(config=config, warnings=tuple(ctx.warnings))

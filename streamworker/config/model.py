@@ -184,6 +184,8 @@ class KafkaAttributes:
     max_buffered_bytes: int = 64 * 1024 * 1024
     explicit_ack_scope: ExplicitAckScope = ExplicitAckScope.CUMULATIVE
     static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
+    # Explicit acks: a record handled but not acked this long is a failed attempt (None: wait forever).
+    ack_timeout: float | None = None
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     sasl: SaslSettings | None = None  # None: SASL off
@@ -233,6 +235,10 @@ class FunctionConfig:
             "NUCLIO_FUNCTION_VERSION": str(self.version),
             "NUCLIO_FUNCTION_HANDLER": str(self.handler),
         }
+
+    # Environment variables that secret fields (sasl.password, tls.clientKey, secret librdkafka
+    # settings) refer to with ${NAME}: workers do not get them unless spec.env names them.
+    secret_env: frozenset[str] = frozenset()
 
     @property
     def code_dir(self) -> Path:

@@ -966,7 +966,8 @@ ATTRIBUTES = SectionSpec(
             "maxBufferedRecords",
             "max_buffered_records",
             parse_positive_int,
-            "Records fetched but not yet handled, per partition, before the partition is paused.",
+            "Records fetched past the commit position (handled or not: records done behind one that "
+            "is not count too), per partition, before the partition is paused.",
             str,
         ),
         _attribute(
@@ -976,6 +977,14 @@ ATTRIBUTES = SectionSpec(
             "Bytes fetched but not yet handled, per partition, before the partition is paused; a number "
             'or a size like "64MiB", "10MB".',
             format_byte_size,
+        ),
+        _attribute(
+            "ackTimeout",
+            "ack_timeout",
+            parse_positive_duration,
+            "With explicitAckMode enable or explicitOnly: a record handled but not acked within this "
+            "long counts as a failed attempt (retried, then onError). Off by default: wait forever.",
+            lambda default: "none (off)",
         ),
         _attribute(
             "librdkafka",

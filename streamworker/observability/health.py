@@ -5,8 +5,9 @@ published to the ``MetricsObserver``, so a slow scrape never touches a poll loop
 when the server is created, so a busy port is reported before any worker or consumer starts.
 
 * ``/live``: 200 while every trigger's poll loop made a pass within ``live_timeout`` (a runner stuck
-  in a callback, a deadlock, a wedged client), else 503. A stopping trigger counts as live: the
-  process is on its way out anyway and a restart would only cut the shutdown short.
+  in a callback, a deadlock, a wedged client) and no trigger failed (a fatal client error), else
+  503. A stopping trigger counts as live: the process is on its way out anyway and a restart would
+  only cut the shutdown short.
 * ``/ready``: 200 once every trigger joined its consumer group and all its workers finished
   ``init_context``, while no partition is stopped by ``onError: stop`` and no stop was requested;
   else 503. Both answer with a JSON body saying why.
@@ -36,6 +37,11 @@ DEFAULT_LIVE_TIMEOUT = "30s"
 # our metric names is the same in the newer 1.0.0 format that prometheus-client now labels it with.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _OFF_WORDS = frozenset({"off", "none", "disable", "disabled", "false", "no"})
+# Each connection holds a thread while it is open. A client that connects and sends nothing (or keeps
+# an idle keep-alive connection) is cut after this long, and at most MAX_CONNECTIONS are open at once:
+# past that, the oldest is closed to make room, so a probe is always answered at once.
+IDLE_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,10 @@ def liveness(
     reasons = []
     for trigger in triggers:
         snap = snapshots.get(trigger)
+        if snap is not None and snap.failed is not None:
+            # Checked before ``stopping``: a failed trigger is winding down too, but must be restarted.
+            reasons.append(f"trigger {trigger}: failed: {snap.failed}")
+            continue
         if snap is not None and snap.stopping:
             continue
         last = started_at if snap is None else max(snap.last_loop_at, snap.taken_at)
@@ -155,6 +165,37 @@ def readiness(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hanging client must not keep the process alive at exit
     app: HealthServer
+    max_connections = MAX_CONNECTIONS
+    # The listen backlog: the default 5 drops connections arriving in a burst (the client retries
+    # a second later), which would delay a probe behind a crowd of idle clients.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open_lock = threading.Lock()
+        # Open connections, oldest first (dicts keep insertion order).
+        self._open: dict[socket.socket, None] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            while len(self._open) >= self.max_connections:
+                # Evict the oldest (almost always idle: requests take milliseconds). Shutting the
+                # socket down ends its thread's read at once; the thread then removes it.
+                oldest = next(iter(self._open))
+                del self._open[oldest]
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open[request] = None
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name with getfqdn(), a reverse DNS lookup that can
@@ -171,6 +212,8 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Socket timeout (StreamRequestHandler applies it): an idle or stalled client is disconnected.
+    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         self._respond(send_body=True)
@@ -217,11 +260,21 @@ class _Handler(BaseHTTPRequestHandler):
 class HealthServer:
     """Binds at construction (``OSError`` if the address is busy); ``start``/``stop`` the thread."""
 
-    def __init__(self, address: HealthAddress, observer: MetricsObserver, live_timeout: float) -> None:
+    def __init__(
+        self,
+        address: HealthAddress,
+        observer: MetricsObserver,
+        live_timeout: float,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.observer = observer
         self.live_timeout = live_timeout
         server_class = _Server6 if ":" in address.host else _Server
-        self._server = server_class((address.host, address.port), _Handler)
+        handler = type("_BoundHandler", (_Handler,), {"timeout": idle_timeout})
+        self._server = server_class((address.host, address.port), handler)
+        self._server.max_connections = max_connections
         self._server.app = self
         bound = self._server.server_address
         self.address = HealthAddress(address.host, int(bound[1]))

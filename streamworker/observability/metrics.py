@@ -241,6 +241,12 @@ class _SnapshotCollector(Collector):
             "1 while a partition is stopped by onError: stop.",
             labels=partition_labels,
         )
+        oldest = GaugeMetricFamily(
+            "streamworker_oldest_unfinished_age_seconds",
+            "Seconds a partition's commit position has waited on its oldest unfinished record (0 when "
+            "none): a stuck record (a hung call, a missing explicit ack) shows here.",
+            labels=partition_labels,
+        )
         for trigger in sorted(snapshots):
             snap = snapshots[trigger]
             topics = {topic for topic, _ in snap.outcomes} | {p.topic for p in snap.partitions}
@@ -269,8 +275,9 @@ class _SnapshotCollector(Collector):
                     committed.add_metric(labels, part.committed)
                 paused.add_metric(labels, int(part.paused))
                 stopped.add_metric(labels, int(part.stopped))
+                oldest.add_metric(labels, part.oldest_unfinished_age)
         yield from (events, rebalances, restarts, ready, workers, inflight, buffered, assigned, loop_age)
-        yield from (lag, committed, paused, stopped)
+        yield from (lag, committed, paused, stopped, oldest)
 
         durations = HistogramMetricFamily(
             "streamworker_handler_duration_seconds",

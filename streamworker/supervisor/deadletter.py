@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,8 @@ class _Attempt:
     failed_at: dt.datetime
     tries: int = 0
     next_try_at: float = 0.0
+    # Its partition moved away while a produce was in flight: a failure is not produced again.
+    abandoned: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class DeadLetterSink:
         self._waiting: list[_Attempt] = []  # failed produces, due again at next_try_at
         self._outcomes: list[Delivery] = []
         self.in_flight = 0
+        # Produces whose delivery report is pending, by id(), so ``forget`` can reach them too.
+        self._sending: dict[int, _Attempt] = {}
 
     def send(self, record: list[Any], error_type: str, error_message: str, now: float) -> None:
         failed_at = dt.datetime.now(dt.UTC)
@@ -118,6 +122,9 @@ class DeadLetterSink:
 
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             self.in_flight -= 1
+            self._sending.pop(id(attempt), None)
+            if attempt.abandoned:
+                return  # not ours any more: the partition's new owner dead-letters it if needed
             if error is None:
                 self._outcomes.append(Delivery(record, None, attempt.tries))
                 return
@@ -128,6 +135,7 @@ class DeadLetterSink:
 
         headers = dead_letter_headers(record, attempt.error_type, attempt.error_message, attempt.failed_at)
         self.in_flight += 1
+        self._sending[id(attempt)] = attempt
         try:
             self._producer.produce(
                 self.topic, value=record[F_VALUE], key=record[F_KEY], headers=headers, on_delivery=on_delivery
@@ -136,6 +144,7 @@ class DeadLetterSink:
         # of them are failed attempts to retry, never a reason to stop the trigger.
         except (BufferError, ValueError, KafkaException) as exc:
             self.in_flight -= 1
+            self._sending.pop(id(attempt), None)
             delay = self._backoff.delay(attempt.tries)
             attempt.next_try_at = now + delay
             self._waiting.append(attempt)
@@ -152,9 +161,21 @@ class DeadLetterSink:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
 
-    def forget(self, keep: Any) -> None:
-        """Stop re-sending records for which ``keep(record)`` is False (their partition moved away)."""
-        self._waiting = [a for a in self._waiting if keep(a.record)]
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Stop producing records of ``partitions`` (revoked or lost): no more retries of failed
+        produces, and a produce in flight that fails is not tried again. Otherwise they would retry
+        forever, and could duplicate what the partition's new owner dead-letters."""
+        gone = set(partitions)
+        if not gone:
+            return
+
+        def moved(attempt: _Attempt) -> bool:
+            return (attempt.record[F_TOPIC], attempt.record[F_PARTITION]) in gone
+
+        self._waiting = [a for a in self._waiting if not moved(a)]
+        for attempt in self._sending.values():
+            if moved(attempt):
+                attempt.abandoned = True
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)

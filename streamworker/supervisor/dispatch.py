@@ -78,6 +78,8 @@ class DispatchSettings:
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
     ack_scope: ExplicitAckScope = ExplicitAckScope.CUMULATIVE
     static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
+    # A record handled but left unacked this long is a failed attempt (None: no limit).
+    ack_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -186,9 +188,9 @@ class Run:
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
-        # Shared in proportion, not counted again per record: sizes stay conserved (what the buffer
-        # and window accounting need), the parts are estimates until a record leaves its run.
-        head_size = self.size * count // len(self.offsets)
+        # Counted exactly (a join, cheap next to the copy into a frame), so the bytes a window
+        # holds are the bytes of its frames; sizes stay conserved for the buffer accounting.
+        head_size = _byte_size(self.keys[:count], self.values[:count])
         rest = Run(
             self.topic,
             self.partition,
@@ -243,6 +245,17 @@ def _events(item: Item) -> int:
     return len(item) if type(item) is Run else 1
 
 
+def _return_in_order(lane: Lane, record: Record) -> None:
+    """Put a failed record back among the lane's returned ones by offset: usually first, but behind
+    a lower offset that failed earlier (a lane's records are of one partition)."""
+    returned = lane.returned
+    offset = record[F_OFFSET]
+    index = 0
+    while index < len(returned) and returned[index][F_OFFSET] < offset:
+        index += 1
+    returned.insert(index, record)
+
+
 class Lane:
     __slots__ = (
         "fixed_worker",
@@ -287,12 +300,15 @@ class Lane:
 
 class PartitionState:
     __slots__ = (
+        "ack_deadlines",
         "awaiting_ack",
         "buffered",
         "buffered_bytes",
         "default_lane",
         "early_acks",
         "handled_by",
+        "head",
+        "head_since",
         "key_lanes",
         "lanes",
         "offsets",
@@ -323,6 +339,12 @@ class PartitionState:
         # Explicit acks: handled records waiting for their ack, and acks that came first.
         self.awaiting_ack: dict[int, Record] = {}
         self.early_acks: set[int] = set()
+        # ackTimeout: (deadline, offset, attempt) of records awaiting their ack, in deadline order.
+        self.ack_deadlines: deque[tuple[float, int, int]] = deque()
+        # The oldest unfinished offset when last looked at, and since when it has been (see
+        # Dispatcher.oldest_unfinished_ages).
+        self.head: int | None = None
+        self.head_since = 0.0
 
     @property
     def inflight(self) -> int:
@@ -339,6 +361,9 @@ class WorkerSlot:
     outstanding_events: int = 0  # records queued (a run counts its unfinished records)
     # Running a suspect record alone: nothing else may be queued behind it.
     exclusive: bool = False
+    # A lane whose suspect head waits for this worker to run empty: nothing else is queued on it
+    # meanwhile, or a busy trigger would refill it every pass and the suspect would never run.
+    reserved_by: int | None = None
 
     def free(self, settings: DispatchSettings) -> int:
         if not self.ready or self.exclusive or self.outstanding_bytes >= settings.window_bytes:
@@ -539,7 +564,9 @@ class Dispatcher:
             state = partitions.get((record[F_TOPIC], record[F_PARTITION]))
             if state is None or state.revoking or state.rewind_to is not None:
                 continue
-            if state.buffered >= max_records or state.buffered_bytes >= max_bytes:
+            # Records past the commit position, done or not: done ones behind an unfinished record
+            # are tracked until it finishes, so they count against the limit too.
+            if state.offsets.outstanding >= max_records or state.buffered_bytes >= max_bytes:
                 state.rewind_to = record[F_OFFSET]
                 continue
             lane = state.default_lane or self._key_lane(state, record[F_KEY])
@@ -558,7 +585,7 @@ class Dispatcher:
         if state is None or state.revoking or state.rewind_to is not None:
             return 0
         settings = self.settings
-        room = settings.max_buffered_records - state.buffered
+        room = settings.max_buffered_records - state.offsets.outstanding
         if room > 0 and state.buffered_bytes + run.size > settings.max_buffered_bytes:
             # Count records up to the byte limit (only here, near the limit, per record).
             used = state.buffered_bytes
@@ -595,7 +622,14 @@ class Dispatcher:
         settings = self.settings
         workers = self._workers
         free = [slot.free(settings) for slot in workers]
-        if not any(f > 0 for f in free):
+        if self._suspects:
+            self._check_reservations(free)
+        elif any(slot.reserved_by is not None for slot in workers):
+            for slot in workers:
+                slot.reserved_by = None
+        if not any(f > 0 for f in free) and not any(
+            slot.reserved_by is not None and slot.ready and not slot.outstanding for slot in workers
+        ):
             return out
         emptied: list[int] = []
         waiting = set(self._orphans.values()) if self._orphans else ()
@@ -618,33 +652,53 @@ class Dispatcher:
                 or (waiting and lane.partition.tp in waiting)
             ):
                 continue
-            wid = lane.worker
-            if wid is None:
-                wid = max(range(len(free)), key=free.__getitem__)
-                if wid in busy_old:
-                    others = [w for w in range(len(free)) if w not in busy_old and free[w] > 0]
-                    if others:
-                        wid = max(others, key=free.__getitem__)
-            if free[wid] <= 0:
-                continue
-            slot = workers[wid]
-            batch = out.setdefault(wid, [])
             pending = lane.pending
-            if type(pending[0]) is Run:
-                free[wid] -= self._take_runs(lane, wid, slot, free[wid], batch)
-                if not pending:
-                    emptied.append(lane.id)
-                continue
-            count = min(free[wid], len(lane.pending), settings.lane_batch)
-            if not self._key_mode:
-                # Records re-queued in front of runs (retries): only those go one by one.
-                for index in range(1, count):
-                    if type(pending[index]) is Run:
-                        count = index
-                        break
-            if self._suspects:
-                count = self._suspect_limit(lane, slot, count)
+            if self._suspects and self._is_suspect(pending[0]):
+                wid_or_none = self._suspect_worker(lane)
+                if wid_or_none is None:
+                    continue
+                wid = wid_or_none
+                slot = workers[wid]
+                if slot.outstanding or not slot.ready:
+                    # Wait for this worker to run empty, and keep everything else off it meanwhile.
+                    slot.reserved_by = lane.id
+                    free[wid] = 0
+                    continue
+                slot.reserved_by = None
+                slot.exclusive = True
+                free[wid] = 0
+                batch = out.setdefault(wid, [])
+                count = 1
+            else:
+                if lane.worker is not None:
+                    wid = lane.worker
+                else:
+                    wid = max(range(len(free)), key=free.__getitem__)
+                    if wid in busy_old:
+                        others = [w for w in range(len(free)) if w not in busy_old and free[w] > 0]
+                        if others:
+                            wid = max(others, key=free.__getitem__)
+                if free[wid] <= 0:
+                    continue
+                slot = workers[wid]
+                batch = out.setdefault(wid, [])
+                if type(pending[0]) is Run:
+                    free[wid] -= self._take_runs(lane, wid, slot, free[wid], batch)
+                    if not pending:
+                        emptied.append(lane.id)
+                    continue
+                count = min(free[wid], len(lane.pending), settings.lane_batch)
+                if not self._key_mode:
+                    # Records re-queued in front of runs (retries): only those go one by one.
+                    for index in range(1, count):
+                        if type(pending[index]) is Run:
+                            count = index
+                            break
+                if self._suspects:
+                    count = self._suspect_limit(lane, count)
+                count = self._fit_bytes(pending, slot, count)
                 if count == 0:
+                    free[wid] = 0  # its window is full of bytes
                     continue
             for _ in range(count):
                 record = pending.popleft()
@@ -672,11 +726,28 @@ class Dispatcher:
         """Queue the lane's leading runs on worker ``wid`` (split to fit). Returns how many records."""
         pending = lane.pending
         budget = min(free, self.settings.run_batch)
+        window_bytes = self.settings.window_bytes
         sent = 0
         while sent < budget and pending and type(pending[0]) is Run:
             run: Run = pending[0]
-            if len(run) > budget - sent:
-                pending[0] = run.split(budget - sent)
+            take = min(len(run), budget - sent)
+            room = window_bytes - slot.outstanding_bytes
+            if run.size > room:
+                # Count records up to the byte room (only here, near the limit, per record); a
+                # record larger than the whole window goes alone on an empty worker.
+                used = fits = 0
+                for key, value in zip(run.keys, run.values, strict=True):
+                    used += record_size(key, value)
+                    if used > room or fits >= take:
+                        break
+                    fits += 1
+                if fits == 0 and not slot.outstanding:
+                    fits = 1
+                if fits == 0:
+                    break
+                take = fits
+            if take < len(run):
+                pending[0] = run.split(take)
             else:
                 pending.popleft()
             seq = self._next_seq
@@ -696,20 +767,53 @@ class Dispatcher:
             lane.worker = wid
         return sent
 
-    def _suspect_limit(self, lane: Lane, slot: WorkerSlot, count: int) -> int:
-        """How many of the lane's next records may go now: a suspect only alone, on an idle worker."""
-        suspects = self._suspects
+    def _is_suspect(self, item: Item) -> bool:
+        return type(item) is not Run and (item[F_TOPIC], item[F_PARTITION], item[F_OFFSET]) in self._suspects
+
+    def _suspect_limit(self, lane: Lane, count: int) -> int:
+        """How many of the lane's next records (its head is no suspect) may go before a suspect."""
         pending = lane.pending
-        head = pending[0]
-        if (head[F_TOPIC], head[F_PARTITION], head[F_OFFSET]) in suspects:
-            if slot.outstanding:
-                return 0
-            slot.exclusive = True
-            return 1
         for index in range(1, count):
-            record = pending[index]
-            if (record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]) in suspects:
+            if self._is_suspect(pending[index]):
                 return index
+        return count
+
+    def _suspect_worker(self, lane: Lane) -> int | None:
+        """The worker a lane's suspect head runs on: the one it reserved, its own, or the ready one
+        with the least queued (None: no worker is ready and free of other reservations)."""
+        workers = self._workers
+        for wid, slot in enumerate(workers):
+            if slot.reserved_by == lane.id:
+                return wid
+        if lane.worker is not None:
+            return lane.worker if workers[lane.worker].reserved_by is None else None
+        candidates = [w for w, slot in enumerate(workers) if slot.ready and slot.reserved_by is None]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: workers[w].outstanding_events)
+
+    def _check_reservations(self, free: list[int]) -> None:
+        """Drop reservations whose lane no longer waits with a suspect head; reserved workers take
+        nothing else (``free`` 0)."""
+        for wid, slot in enumerate(self._workers):
+            lane_id = slot.reserved_by
+            if lane_id is None:
+                continue
+            lane = self._lanes.get(lane_id)
+            if lane is None or not lane.pending or not self._is_suspect(lane.pending[0]):
+                slot.reserved_by = None
+            else:
+                free[wid] = 0
+
+    def _fit_bytes(self, pending: deque[Item], slot: WorkerSlot, count: int) -> int:
+        """How many of the next ``count`` records fit in the worker's byte window (a record larger
+        than the whole window goes alone, on an empty worker), so no frame outgrows the window."""
+        room = self.settings.window_bytes - slot.outstanding_bytes
+        for index in range(count):
+            size = pending[index][F_SIZE]
+            if size > room:
+                return 1 if index == 0 and not slot.outstanding else index
+            room -= size
         return count
 
     # -- completions ------------------------------------------------------------------------
@@ -757,14 +861,14 @@ class Dispatcher:
                 topic = record[F_TOPIC]
                 done_by_topic[topic] = done_by_topic.get(topic, 0) + 1
             elif status == _OK:
-                self._await_ack(lane.partition, record)
+                self._await_ack(lane.partition, record, now)
             elif status == _DEFERRED:
                 lane.returned.append(record)
             elif status == _NO_ACK:
                 if ack_mode is ExplicitAckMode.DISABLE:
                     self._finish(lane.partition, record)  # no-ack responses mean nothing then
                 else:
-                    self._await_ack(lane.partition, record)
+                    self._await_ack(lane.partition, record, now)
             else:
                 failures.append(self._fail(lane, record, str(result[3]), str(result[4]), now))
             if lane.inflight == 0:
@@ -874,8 +978,14 @@ class Dispatcher:
                 records.extend(rest)
             else:
                 records.append(item)
+        # Lanes the worker holds after a reported failure: it defers their records without running
+        # them, so none of those can be the one that killed it (blamed, one would jump the queue
+        # ahead of the failed record of lower offset).
+        held = {record[F_LANE] for record in records if self._lanes[record[F_LANE]].hold}
         # The head's partition may have been forgotten (revoked): then the one running is unknown too.
-        head_known = bool(records) and records[0][F_SEQ] == slot.outstanding[0]
+        head_known = (
+            bool(records) and records[0][F_SEQ] == slot.outstanding[0] and records[0][F_LANE] not in held
+        )
         certain = head_running or len(records) == 1
         failures: list[Failure] = []
         for index, record in enumerate(records):
@@ -883,7 +993,7 @@ class Dispatcher:
             if index == 0 and certain and head_known and not blameless:
                 failures.append(self._fail(lane, record, "WorkerLost", reason, now))
             else:
-                if not certain and not blameless:
+                if not certain and not blameless and record[F_LANE] not in held:
                     self._suspects.add((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
                 lane.returned.append(record)
         slot.outstanding.clear()
@@ -934,14 +1044,14 @@ class Dispatcher:
             self._count(topic, "retried")
             delay = self.policy.delay(attempt)
             record[F_ATTEMPT] = attempt + 1
-            lane.returned.insert(0, record)
+            _return_in_order(lane, record)
             lane.not_before = now + delay
             return Failure(record, error_type, message, "retry", delay)
         action = self.policy.action
         if action is OnError.SKIP:
             self._finish(lane.partition, record, "skipped")
         elif action is OnError.STOP:
-            lane.returned.insert(0, record)
+            _return_in_order(lane, record)
             lane.partition.stopped = True
         else:
             lane.parked = record
@@ -963,13 +1073,56 @@ class Dispatcher:
         self._settle(lane)
         return True
 
-    def _await_ack(self, state: PartitionState, record: Record) -> None:
+    def _await_ack(self, state: PartitionState, record: Record, now: float) -> None:
         offset = record[F_OFFSET]
         if offset in state.early_acks:
             state.early_acks.discard(offset)
             self._finish(state, record)
         else:
             state.awaiting_ack[offset] = record
+            if self.settings.ack_timeout is not None:
+                state.ack_deadlines.append((now + self.settings.ack_timeout, offset, record[F_ATTEMPT]))
+
+    def expire_acks(self, now: float) -> list[Failure]:
+        """Records left unacked past ``ack_timeout``: each is a failed attempt (retried, then the
+        failure policy), so one forgotten ack cannot hold its partition's commit for good."""
+        if self.settings.ack_timeout is None:
+            return []
+        failures: list[Failure] = []
+        for state in self._partitions.values():
+            deadlines = state.ack_deadlines
+            while deadlines and deadlines[0][0] <= now and not state.revoking:
+                _, offset, attempt = deadlines[0]
+                record = state.awaiting_ack.get(offset)
+                if record is None or record[F_ATTEMPT] != attempt:
+                    deadlines.popleft()
+                    continue  # acked meanwhile (or this is an older attempt's deadline)
+                lane = self._lanes.get(record[F_LANE])
+                if lane is None:  # key mode drops idle lanes: the key gets a lane again
+                    lane = state.default_lane or self._key_lane(state, record[F_KEY])
+                    record[F_LANE] = lane.id
+                if lane.parked is not None:
+                    break  # one parked record per lane: this one fails once that one is done
+                deadlines.popleft()
+                del state.awaiting_ack[offset]
+                message = f"no explicit ack within ackTimeout ({self.settings.ack_timeout:g}s)"
+                failures.append(self._fail(lane, record, "AckTimeout", message, now))
+                if lane.inflight == 0:
+                    self._settle(lane)
+        return failures
+
+    def oldest_unfinished_ages(self, now: float) -> dict[TopicPartition, float]:
+        """Per partition, seconds its commit position has waited on the oldest unfinished record
+        (0 when nothing is unfinished). Measured from when a call first saw that record oldest, so
+        call it regularly (the runner does, with every snapshot)."""
+        ages: dict[TopicPartition, float] = {}
+        for tp, state in self._partitions.items():
+            head = state.offsets.position() if state.offsets.outstanding else None
+            if head != state.head:
+                state.head = head
+                state.head_since = now
+            ages[tp] = 0.0 if head is None else now - state.head_since
+        return ages
 
     def ack(self, topic: str, partition: int, offset: int) -> bool:
         """An explicit ack. False when the partition is not ours (any more): the ack is ignored.
@@ -1021,7 +1174,7 @@ class Dispatcher:
         resume: list[tuple[TopicPartition, int | None]] = []
         for tp, state in self._partitions.items():
             full = (
-                state.buffered >= settings.max_buffered_records
+                state.offsets.outstanding >= settings.max_buffered_records
                 or state.buffered_bytes >= settings.max_buffered_bytes
                 or state.rewind_to is not None
             )
@@ -1030,7 +1183,7 @@ class Dispatcher:
                 pause.append(tp)
             elif state.paused and not state.stopped:
                 low = (
-                    state.buffered <= settings.max_buffered_records // 2
+                    state.offsets.outstanding <= settings.max_buffered_records // 2
                     and state.buffered_bytes <= settings.max_buffered_bytes // 2
                 )
                 if low:

@@ -21,6 +21,8 @@ class PartitionSnapshot:
     high_watermark: int | None  # from the last fetch response (client cache), None if unknown
     paused: bool  # paused for backpressure
     stopped: bool  # stopped by onError: stop
+    # Seconds the commit position has waited on the oldest unfinished record (0: nothing unfinished).
+    oldest_unfinished_age: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class TriggerSnapshot:
     rebalances: Mapping[str, int] = field(default_factory=dict)  # assign / revoke / lost -> n
     worker_restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> n
     stopping: bool = False
+    # Set when the trigger failed for good (a fatal client error...): not live, whatever else holds.
+    failed: str | None = None
 
 
 class RunnerObserver(Protocol):

@@ -34,6 +34,7 @@ from streamworker.protocol import (
     F_TOPIC,
     RESULT_RUN_DURATIONS,
     Msg,
+    ProtocolError,
     Status,
     WorkerInit,
 )
@@ -103,6 +104,12 @@ class RunnerOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
+def worker_environment(env: Mapping[str, str], function: FunctionConfig) -> dict[str, str]:
+    """``env`` without the variables secret fields of function.yaml refer to, unless spec.env names them."""
+    hidden = function.secret_env - set(function.env)
+    return {name: value for name, value in env.items() if name not in hidden}
+
+
 def _partition_list(partitions: list[TopicPartition]) -> list[TP]:
     return [(p.topic, p.partition) for p in partitions]
 
@@ -130,6 +137,9 @@ class TriggerRunner:
             "STREAMWORKER_LOG_FORMAT": self.options.log_format,
             **self.options.extra_env,
         }
+        # Secrets the consumer was configured from stay with the supervisor: a handler (or a library
+        # it uses, or a process it starts) cannot read them unless spec.env hands them over.
+        self.worker_env = worker_environment(self.env, function)
         self._retry_backoff = Backoff(self.attrs.retry_backoff, self.attrs.retry_max_backoff)
         self._respawn_backoff = Backoff(0.5, 30.0)
         self.dispatcher = Dispatcher(
@@ -141,6 +151,7 @@ class TriggerRunner:
                 ack_mode=trigger.explicit_ack_mode,
                 ack_scope=self.attrs.explicit_ack_scope,
                 static_mapping=self.attrs.static_mapping,
+                ack_timeout=self.attrs.ack_timeout,
             ),
             FailurePolicy(
                 max_retries=self.attrs.max_retries,
@@ -170,6 +181,8 @@ class TriggerRunner:
         self._last_loop_at = time.monotonic()
         self._rebalances: dict[str, int] = {}
         self._restarts: dict[str, int] = {}
+        # A fatal librdkafka error (fenced static member...): the consumer is dead, the trigger fails.
+        self._fatal_error: str | None = None
 
     # -- worker management ------------------------------------------------------------------
     def _worker_init(self, worker_id: int) -> WorkerInit:
@@ -185,16 +198,28 @@ class TriggerRunner:
         )
 
     def _spawn(self, seat: WorkerSeat) -> None:
-        process = WorkerProcess(seat.worker_id, self._worker_init(seat.worker_id), self.env)
+        process = WorkerProcess(seat.worker_id, self._worker_init(seat.worker_id), self.worker_env)
         seat.process = process
         seat.respawn_at = None
         self.selector.register(process.read_fd, selectors.EVENT_READ, seat)
+        if process.exit_fd >= 0:
+            # The pipe's end of file can be held back by a process the handler started: watch the exit.
+            self.selector.register(process.exit_fd, selectors.EVENT_READ, seat)
         self.log.info("worker started", worker=seat.worker_id, pid=process.pid)
+
+    def _unwatch(self, process: WorkerProcess) -> None:
+        """Take the worker's descriptors out of the selector (before they are closed)."""
+        for fd in (process.read_fd, process.exit_fd):
+            if fd >= 0:
+                try:
+                    self.selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
 
     def _on_worker_gone(self, seat: WorkerSeat, reason: str, now: float) -> None:
         process = seat.process
         assert process is not None
-        self.selector.unregister(process.read_fd)
+        self._unwatch(process)
         stopping = process.state is WorkerState.STOPPING
         code = process.reap(timeout=2.0)
         seat.process = None
@@ -277,11 +302,28 @@ class TriggerRunner:
             process = seat.process
             if process is None:
                 continue
-            messages, eof = process.receive()
+            try:
+                messages, eof = process.receive()
+            except ProtocolError as exc:
+                self._on_bad_frame(seat, process, exc, now)
+                continue
             if messages:
                 self._handle_messages(seat, messages, now)
-            if eof:
+            if eof or key.fd == process.exit_fd:
                 self._on_worker_gone(seat, process.kill_reason or "worker process exited", now)
+
+    def _on_bad_frame(
+        self, seat: WorkerSeat, process: WorkerProcess, error: ProtocolError, now: float
+    ) -> None:
+        """A worker's output cannot be decoded: nothing more it says can be trusted. It is replaced
+        like a crashed worker (its queue goes back, unblamed unless the head was surely running);
+        the other workers and the trigger carry on."""
+        self.log.error(
+            "bad frame from worker; killing it", worker=seat.worker_id, pid=process.pid, error=str(error)
+        )
+        process.kill_kind = "protocol_error"
+        process.kill()
+        self._on_worker_gone(seat, f"protocol error: {error}", now)
 
     def _observe_durations(self, results: list[list[Any]]) -> None:
         """Handler durations of a RESULTS message: each event that ran, and each run's summary."""
@@ -406,6 +448,27 @@ class TriggerRunner:
         self._client_log.warning(
             "kafka client error", error=error.str(), code=error.name(), fatal=error.fatal()
         )
+        if error.fatal():
+            self._on_fatal_kafka_error(error)
+
+    def _on_fatal_kafka_error(self, error: KafkaError) -> None:
+        """Remember a fatal client error; the loop fails the trigger at its next pass.
+
+        Not raised from here: this runs inside librdkafka's callback. The consumer will never fetch
+        or commit again, so carrying on would leave a process that looks healthy and does nothing.
+        """
+        if self._fatal_error is None:
+            self._fatal_error = f"fatal Kafka client error {error.name()}: {error.str()}"
+
+    def _fail_on_fatal_error(self, consumer: Consumer) -> None:
+        """Publish the failure (``/live`` turns 503 during the cleanup) and end the trigger (exit 1).
+
+        ``run`` then aborts: workers killed, nothing more committed, so no unfinished work is.
+        """
+        assert self._fatal_error is not None
+        if self._observed:
+            self._publish(consumer, time.monotonic())
+        raise FatalTriggerError(Outcome.FAILED, self._fatal_error)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is not None:
@@ -455,6 +518,7 @@ class TriggerRunner:
         )
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
+        self._forget_dead_letters(tps)
         self.log.info(
             "partitions revoked",
             partitions=_fmt(tps),
@@ -515,9 +579,14 @@ class TriggerRunner:
         # dispatched until those are done (Dispatcher._orphans).
         self._cancel_queued(tps)
         self.dispatcher.forget(tps)
+        self._forget_dead_letters(tps)
         self.log.warning(
             "partitions lost (session expired); nothing committed for them", partitions=_fmt(tps)
         )
+
+    def _forget_dead_letters(self, tps: list[TP]) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.forget(tps)
 
     def _count_rebalance(self, kind: str) -> None:
         self._rebalances[kind] = self._rebalances.get(kind, 0) + 1
@@ -525,6 +594,7 @@ class TriggerRunner:
     def _publish(self, consumer: Consumer | None, now: float) -> None:
         """Hand the observer a fresh snapshot (only when somebody observes)."""
         partitions = []
+        ages = self.dispatcher.oldest_unfinished_ages(now)
         for (topic, partition), committed, position, paused, stopped in self.dispatcher.partition_view():
             high: int | None = None
             if consumer is not None:
@@ -535,7 +605,10 @@ class TriggerRunner:
                     high = high_mark if high_mark >= 0 else None
                 except KafkaException:
                     high = None
-            partitions.append(PartitionSnapshot(topic, partition, committed, position, high, paused, stopped))
+            age = ages.get((topic, partition), 0.0)
+            partitions.append(
+                PartitionSnapshot(topic, partition, committed, position, high, paused, stopped, age)
+            )
         self.observer.on_snapshot(
             TriggerSnapshot(
                 trigger=self.trigger.name,
@@ -553,6 +626,7 @@ class TriggerRunner:
                 rebalances=dict(self._rebalances),
                 worker_restarts=dict(self._restarts),
                 stopping=self._stopping,
+                failed=self._fatal_error,
             )
         )
 
@@ -743,6 +817,8 @@ class TriggerRunner:
             busy = dispatcher.inflight_total > 0
             timeout = 0.0 if busy else self._idle_timeout(time.monotonic())
             messages = consumer.consume(CONSUME_BATCH, timeout)
+            if self._fatal_error is not None:
+                self._fail_on_fatal_error(consumer)
             now = time.monotonic()
             if messages:
                 self._ingest(messages)
@@ -762,6 +838,8 @@ class TriggerRunner:
                 self._flow_control(consumer)
                 self._respawn_due(now)
                 self._check_event_timeouts(now)
+                for failure in dispatcher.expire_acks(now):
+                    self._on_failure(failure)
                 if now - self._last_commit >= COMMIT_INTERVAL_SECONDS:
                     self._last_commit = now
                     self._commit(consumer, None, synchronous=False)
@@ -840,7 +918,7 @@ class TriggerRunner:
             if seat.process is not None:
                 self.log.warning("worker did not stop in time; killing it", worker=seat.worker_id)
                 seat.process.kill()
-                self.selector.unregister(seat.process.read_fd)
+                self._unwatch(seat.process)
                 seat.process.reap(timeout=5.0)
                 seat.process = None
 
@@ -849,10 +927,7 @@ class TriggerRunner:
         for seat in self.seats:
             if seat.process is not None:
                 seat.process.kill()
-                try:
-                    self.selector.unregister(seat.process.read_fd)
-                except (KeyError, ValueError):
-                    pass
+                self._unwatch(seat.process)
                 seat.process.reap(timeout=5.0)
                 seat.process = None
         if self.consumer is not None:

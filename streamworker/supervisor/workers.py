@@ -2,8 +2,11 @@
 
 Each worker is ``python -m streamworker.worker`` with two pipes of its own (the descriptors are
 non-inheritable, so a worker never holds another worker's pipe open and a death shows up as end of
-file at once). The supervisor's ends are non-blocking: a busy worker that does not read can never
-stall the poll loop; outgoing frames wait in a ``FrameWriter``.
+file at once). End of file alone is not enough: a process the handler started (``os.system("... &")``,
+a C library's ``system()``, a fork) may hold the worker's end of the pipe open after the worker died.
+So the process itself is watched too, through a pidfd (``exit_fd``) that becomes readable when it
+exits. The supervisor's ends are non-blocking: a busy worker that does not read can never stall the
+poll loop; outgoing frames wait in a ``FrameWriter``.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ class WorkerProcess:
         os.set_blocking(from_child_r, False)
         self.read_fd = from_child_r
         self.write_fd = to_child_w
+        # Readable once the process has exited, whoever still holds its pipes (Linux >= 5.3).
+        self.exit_fd = _pidfd(self.popen.pid)
         self.writer = FrameWriter(to_child_w)
         self.send([Msg.INIT, init.to_wire()])
 
@@ -138,13 +143,31 @@ class WorkerProcess:
         self.state = WorkerState.DEAD
         return self.exit_code
 
+    def exited(self) -> bool:
+        """The process has exited (it may not be reaped yet)."""
+        return self.popen.poll() is not None
+
     def close_pipes(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
+        for fd in (self.read_fd, self.write_fd, self.exit_fd):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.read_fd = self.write_fd = -1
+        self.read_fd = self.write_fd = self.exit_fd = -1
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd for ``pid``, or -1 where the platform has none (the pipe's end of file is all then)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return -1
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return -1
+    return fd
 
 
 def describe_exit(code: int | None) -> str:

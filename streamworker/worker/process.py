@@ -701,6 +701,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--in-fd", type=int, required=True, help="pipe from the supervisor")
     parser.add_argument("--out-fd", type=int, required=True, help="pipe to the supervisor")
     args = parser.parse_args(argv)
+    # pass_fds made our pipe ends inheritable: a process the handler starts (os.system("... &"),
+    # subprocess with close_fds=False) would keep them open after we die and hide our death.
+    os.set_inheritable(args.in_fd, False)
+    os.set_inheritable(args.out_fd, False)
 
     configure_logging("info", _log_format())
     worker = Worker(args.in_fd, args.out_fd)
