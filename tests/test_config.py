@@ -1118,6 +1118,7 @@ def test_enum_fields_list_their_choices() -> None:
         "balanceStrategy": ("range", "roundrobin", "cooperative-sticky"),
         "groupProtocol": ("classic", "consumer"),
         "onError": ("deadletter", "stop", "skip"),
+        "outputHeaders": ("none", "copy"),
     }
 
 

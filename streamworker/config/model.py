@@ -38,6 +38,13 @@ class ExplicitAckMode(enum.StrEnum):
     EXPLICIT_ONLY = "explicitOnly"  # only context.platform.explicit_ack marks a record done
 
 
+class OutputHeaders(enum.StrEnum):
+    """Which input headers a return-value output (outputTopic) carries."""
+
+    NONE = "none"
+    COPY = "copy"
+
+
 class BalanceStrategy(enum.StrEnum):
     """librdkafka's partition.assignment.strategy."""
 
@@ -151,6 +158,8 @@ class KafkaAttributes:
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 30000
     max_buffered_bytes: int = 64 * 1024 * 1024
+    output_topic: str | None = None  # where handlers' return values are produced (docs/outputs.md)
+    output_headers: OutputHeaders = OutputHeaders.NONE
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     sasl: SaslSettings | None = None  # None: SASL off

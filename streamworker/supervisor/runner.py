@@ -48,6 +48,7 @@ from streamworker.supervisor.dispatch import (
     record_size,
 )
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
+from streamworker.supervisor.outputs import OutputSink, OutputStats, PendingOutputs
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
 
@@ -149,6 +150,10 @@ class TriggerRunner:
         topics = self.attrs.topics
         self._only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") else None
         self.dead_letters: DeadLetterSink | None = None
+        # Handlers' outputs (docs/outputs.md): the producer starts with the first output.
+        self.outputs: OutputSink | None = None
+        self.output_stats = OutputStats()
+        self._producer_base: dict[str, Any] = {}
         self.seats = [WorkerSeat(i) for i in range(trigger.num_workers)]
         self.selector = selectors.DefaultSelector()
         self.consumer: Consumer | None = None
@@ -174,6 +179,9 @@ class TriggerRunner:
             function_name=self.function.name,
             decode_strings=decode_strings_from_env(self.env),
             log_level=self.options.log_level,
+            output_topic=self.attrs.output_topic,
+            output_headers=self.attrs.output_headers.value,
+            explicit_acks=self.trigger.explicit_ack_mode is not ExplicitAckMode.DISABLE,
         )
 
     def _spawn(self, seat: WorkerSeat) -> None:
@@ -253,6 +261,8 @@ class TriggerRunner:
                 process.terminated = True
             elif kind == Msg.ACKS:
                 self._on_acks(message[1])
+            elif kind == Msg.OUTPUTS:
+                self._on_outputs(message[1])
 
     def _pump(self, timeout: float) -> None:
         """Read and apply whatever the workers sent, waiting at most ``timeout`` for the first frame."""
@@ -358,6 +368,47 @@ class TriggerRunner:
                     retry_in_s=round(delivery.retry_in, 3),
                 )
 
+    # -- outputs ----------------------------------------------------------------------------
+    def _on_outputs(self, items: list[list[Any]]) -> None:
+        """Produce what handlers produced; each input waits for its outputs (``Dispatcher``)."""
+        sink = self.outputs
+        if sink is None:
+            client_id = f"streamworker-{self.function.name}-{self.trigger.name}-outputs"
+            sink = self.outputs = OutputSink(producer_settings(self._producer_base, client_id))
+        for topic, partition, offset, outputs in items:
+            pending = self.dispatcher.outputs_sent((topic, partition), offset, outputs)
+            # Not ours any more: produced all the same (at-least-once), nothing waits for them.
+            sink.send(pending or PendingOutputs(None, offset), outputs)
+
+    def _serve_outputs(self, now: float) -> None:
+        """Apply output delivery reports; carry out the failed attempts they caused."""
+        sink = self.outputs
+        if sink is None:
+            return
+        reports = sink.poll()
+        if reports:
+            dispatcher = self.dispatcher
+            for report in reports:
+                dispatcher.output_delivered(report.pending, report.size, report.error, now)
+                if report.error is not None:
+                    self.log.warning(
+                        "output delivery failed",
+                        output_topic=report.topic,
+                        offset=report.pending.offset,
+                        error=report.error,
+                    )
+            self.output_stats.record(reports)
+        for failure in self.dispatcher.take_output_failures():
+            self._on_failure(failure)
+
+    def _settle_outputs(self, deadline: float) -> None:
+        """Before a final commit: wait (bounded) for outputs in flight, so their inputs count."""
+        sink = self.outputs
+        while sink is not None and sink.in_flight and time.monotonic() < deadline:
+            self._pump(0.005)
+            self._serve_outputs(time.monotonic())
+        self._serve_outputs(time.monotonic())
+
     def _on_acks(self, acks: list[list[Any]]) -> None:
         for topic, partition, offset in acks:
             if not self.dispatcher.ack(topic, partition, offset):
@@ -380,6 +431,7 @@ class TriggerRunner:
                 producer_settings(settings, f"streamworker-{self.function.name}-{self.trigger.name}-dlq"),
                 self._retry_backoff,
             )
+        self._producer_base = dict(settings)
         settings["error_cb"] = self._on_kafka_error
         settings["on_commit"] = self._on_commit
         settings["logger"] = _librdkafka_logger(self.log)
@@ -427,6 +479,7 @@ class TriggerRunner:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
         # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
         drained = self._drain(self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0))
+        self._settle_outputs(max(deadline, time.monotonic() + 1.0))
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
         self.log.info(
@@ -519,6 +572,8 @@ class TriggerRunner:
                 rebalances=dict(self._rebalances),
                 worker_restarts=dict(self._restarts),
                 stopping=self._stopping,
+                outputs=dict(self.output_stats.counts),
+                output_latency=(tuple(self.output_stats.latency_counts), self.output_stats.latency_total),
             )
         )
 
@@ -706,7 +761,7 @@ class TriggerRunner:
         dispatcher = self.dispatcher
         next_timers = 0.0
         while not self.stop.is_set():
-            busy = dispatcher.inflight_total > 0
+            busy = dispatcher.inflight_total > 0 or bool(self.outputs and self.outputs.in_flight)
             timeout = 0.0 if busy else self._idle_timeout(time.monotonic())
             messages = consumer.consume(CONSUME_BATCH, timeout)
             now = time.monotonic()
@@ -718,6 +773,8 @@ class TriggerRunner:
             now = time.monotonic()
             if self.dead_letters is not None:
                 self._serve_dead_letters(now)
+            if self.outputs is not None:
+                self._serve_outputs(now)
             self._dispatch(now)
             self._flush_writers()
             self._last_loop_at = now
@@ -780,6 +837,7 @@ class TriggerRunner:
                 self._serve_dead_letters(time.monotonic())
                 self._pump(0.01)
             sink.close(1.0)
+        self._settle_outputs(started + budget)
         committed = self._commit(consumer, None, synchronous=True)
         self._terminate_workers(time.monotonic() + budget)
         consumer.close()

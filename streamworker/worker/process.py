@@ -27,8 +27,11 @@ from typing import Any
 from streamworker.observability.logging import configure_logging, get_logger
 from streamworker.protocol import (
     F_LANE,
+    F_OFFSET,
+    F_PARTITION,
     F_RETRY,
     F_SEQ,
+    F_TOPIC,
     R_OFFSETS,
     R_PARTITION,
     R_RETRY,
@@ -46,6 +49,7 @@ from streamworker.protocol import (
     write_all_blocking,
 )
 from streamworker.worker.loader import INIT_CONTEXT_NAME, HandlerLoadError, LoadedHandler, load_handler
+from streamworker.worker.outputs import return_value_output
 from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
 
 __all__ = [
@@ -162,6 +166,17 @@ class Worker:
         # Explicit acks; a handler may make them from its own threads, hence the lock.
         self._acks: list[list[Any]] = []
         self._acks_lock = threading.Lock()
+        # Outputs ([topic, partition, offset, [output, ...]] per input), sent before the results
+        # that report their inputs done. A deque for the same reason as ``_results``.
+        self._outputs: deque[list[Any]] = deque()
+        # Outputs of the record being handled (``_handling``); dropped if its handler raises.
+        self._record_outputs: list[list[Any]] = []
+        self._handling: Any = None
+        # Records that returned no-ack and are not acked yet: tasks may still produce for them.
+        self._open: set[tuple[str, int, int]] = set()
+        self._output_topic: str | None = None
+        self._output_headers = "none"
+        self._explicit_acks = False
         # Lanes in which an event failed here: later events of the lane are DEFERRED until the
         # supervisor re-sends the failed one with retry=True.
         self._held: set[Any] = set()
@@ -249,13 +264,13 @@ class Worker:
             raise _SupervisorGone(str(exc)) from exc
 
     def _flush(self, tail: bytes = b"") -> None:
-        """Send pending ACKS, then RESULTS, then ``tail``, in one write."""
+        """Send pending OUTPUTS, ACKS, then RESULTS, then ``tail``, in one write."""
         with self._write_lock:
             parts: list[bytes] = []
+            acks: list[list[Any]] = []
             if self._acks:
                 with self._acks_lock:
                     acks, self._acks = self._acks, []
-                parts.append(encode([Msg.ACKS, acks]))
             results = self._results
             run = self._run_active
             if run is not None and len(run[2]) > run[1]:
@@ -264,9 +279,18 @@ class Worker:
                     [run[0], _PROGRESS, 0.0, None, None, summarize_durations(run[2][run[1] : reported])]
                 )
                 run[1] = reported
-            if results:
+            # Counted before outputs are taken: a record's outputs are queued before its result or
+            # ack, so every result and ack reported here has its outputs in this write (or earlier).
+            count = len(results)
+            outputs = self._outputs
+            if outputs:
+                take = outputs.popleft
+                parts.append(encode([Msg.OUTPUTS, [take() for _ in range(len(outputs))]]))
+            if acks:
+                parts.append(encode([Msg.ACKS, acks]))
+            if count:
                 pop = results.popleft
-                parts.append(encode([Msg.RESULTS, [pop() for _ in range(len(results))]]))
+                parts.append(encode([Msg.RESULTS, [pop() for _ in range(count)]]))
             if tail:
                 parts.append(tail)
             if parts:
@@ -287,7 +311,7 @@ class Worker:
         def flush_periodically() -> None:
             while True:
                 time.sleep(FLUSH_INTERVAL_S)
-                if (self._results or self._acks or self._run_progressed()) and (
+                if (self._results or self._acks or self._outputs or self._run_progressed()) and (
                     time.perf_counter() - self._last_flush >= FLUSH_INTERVAL_S
                 ):
                     try:
@@ -302,10 +326,30 @@ class Worker:
         run = self._run_active
         return run is not None and len(run[2]) > run[1]
 
+    def _on_output(self, event: Any, output: list[Any]) -> None:
+        """``context.platform.produce()``: tie the output to its record (see ``Platform.produce``)."""
+        if event is self._handling:
+            self._record_outputs.append(output)
+            return
+        where = (event.topic, event.partition, event.offset)
+        if where not in self._open:
+            raise RuntimeError(
+                f"record {event.id} is done (handled and acknowledged): an output produced now could "
+                "not delay its commit; produce while the handler runs, or before the explicit ack"
+            )
+        # A task of a no-ack record: send at once; it goes out before any later ack of the record.
+        self._outputs.append([*where, [output]])
+        self._wake()
+
     def _queue_ack(self, topic: str, partition: int, offset: int) -> None:
+        if self._open:
+            self._open.discard((topic, partition, offset))
         with self._acks_lock:
             self._acks.append([topic, partition, offset])
-        # An ack made by a background task while idle must not wait for the next event.
+        self._wake()
+
+    def _wake(self) -> None:
+        # An ack or output made by a background task while idle must not wait for the next event.
         if self._loop is None or self._wakeup is None:
             return
         if threading.get_ident() == self._loop_thread:
@@ -365,9 +409,14 @@ class Worker:
             self.loaded = load_handler(init.code_dir, init.handler)
             self.trigger = TriggerInfo(kind=init.trigger_kind, name=init.trigger_name)
             self.decode_strings = init.decode_strings
+            self._output_topic = init.output_topic
+            self._output_headers = init.output_headers
+            self._explicit_acks = init.explicit_acks
             self.context = Context(
                 logger=Logger(self._log),
-                platform=Platform(self._queue_ack, kind="local", name="streamworker"),
+                platform=Platform(
+                    self._queue_ack, kind="local", name="streamworker", output_sink=self._on_output
+                ),
                 worker_id=init.worker_id,
                 trigger=self.trigger,
                 function_name=init.function_name,
@@ -413,11 +462,13 @@ class Worker:
         perf = time.perf_counter
         isawaitable = inspect.isawaitable
         sleep = asyncio.sleep
+        set_current_event = context.platform.set_current_event
+        output_topic = self._output_topic
         last_flush = perf()
 
         while True:
             if not inbox:
-                if results or self._acks:
+                if results or self._acks or self._outputs:
                     self._flush()
                 if self._eof:
                     return self._eof_exit_code()
@@ -452,6 +503,8 @@ class Worker:
 
             event = Event(item, trigger, decode)
             logger.current_event = event
+            self._handling = event
+            set_current_event(event)
             t0 = perf()
             try:
                 result = handler(context, event)
@@ -459,6 +512,12 @@ class Worker:
                     result = await result
                 t1 = perf()
                 status = _NO_ACK if result is not None and is_no_ack(result) else _OK
+                if result is not None and output_topic is not None:
+                    self._return_output(result, item, output_topic)
+                if self._record_outputs:
+                    self._outputs_done(item[F_TOPIC], item[F_PARTITION], item[F_OFFSET])
+                if status == _NO_ACK and self._explicit_acks:
+                    self._open.add((item[F_TOPIC], item[F_PARTITION], item[F_OFFSET]))
                 results.append([item[F_SEQ], status, t1 - t0, None, None])
             except Exception as exc:
                 t1 = perf()
@@ -470,6 +529,9 @@ class Worker:
                 t1 = perf()
                 self._handler_failed(item, lane, event, exc, t1 - t0)
             logger.current_event = None
+            self._handling = None
+            if self._record_outputs:
+                self._record_outputs = []  # of a failed call: not produced (see docs/outputs.md)
 
             if t1 - last_flush >= FLUSH_INTERVAL_S or len(results) >= FLUSH_MAX_RESULTS:
                 self._flush()
@@ -508,6 +570,8 @@ class Worker:
         isawaitable = inspect.isawaitable
         topic, partition = item[R_TOPIC], item[R_PARTITION]
         offsets, keys, values, headers, stamps = item[R_OFFSETS : R_TIMESTAMPS + 1]
+        set_current_event = context.platform.set_current_event
+        output_topic = self._output_topic
         durations: list[float] = []
         progress = [seq, 0, durations, lane]
         self._run_active = progress
@@ -523,11 +587,18 @@ class Worker:
             wire += (headers[index], stamp if stamp >= 0 else None, 1, False)
             event = Event(wire, trigger, decode)
             logger.current_event = event
+            self._handling = event
+            set_current_event(event)
             t0 = perf()
             try:
                 result = handler(context, event)
                 if result is not None and isawaitable(result):
-                    await result
+                    result = await result
+                if result is not None and output_topic is not None:
+                    self._return_output(result, wire, output_topic)
+                if self._record_outputs:
+                    # Queued before the duration that reports the record done (see ``_flush``).
+                    self._outputs_done(topic, partition, offsets[index])
                 # acks are not explicit for runs: a no-ack response means nothing.
                 durations.append(perf() - t0)
             except Exception as exc:
@@ -540,7 +611,9 @@ class Worker:
                 final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
                 failure = (exc, event)
             logger.current_event = None
+            self._handling = None
             if final is not None:
+                self._record_outputs = []  # of the failed call: not produced
                 break
             if perf() - self._last_flush >= FLUSH_INTERVAL_S:
                 self._flush()
@@ -568,6 +641,17 @@ class Worker:
             )
             logger.current_event = None
         return None
+
+    def _return_output(self, result: Any, wire: list[Any], topic: str) -> None:
+        """attributes.outputTopic: the return value becomes the record's last output."""
+        output = return_value_output(result, wire, topic, self._output_headers)
+        if output is not None:
+            self._record_outputs.append(output)
+
+    def _outputs_done(self, topic: str, partition: int, offset: int) -> None:
+        """The handler returned: queue the record's outputs, ahead of its result."""
+        self._outputs.append([topic, partition, offset, self._record_outputs])
+        self._record_outputs = []
 
     def _eof_exit_code(self) -> int:
         return EXIT_OK if self._protocol_error is None else EXIT_PROTOCOL_ERROR

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +33,7 @@ from streamworker.protocol import (
     F_TOPIC,
     F_VALUE,
 )
+from streamworker.worker.outputs import make_output
 
 __all__ = [
     "DECODE_ENV_VAR",
@@ -220,6 +222,8 @@ class Logger:
 
 # Called with (topic, partition, offset) for each explicit ack.
 AckSink = Callable[[str, int, int], None]
+# Called with (the event whose handling produced it, the output's wire list) for each produce().
+OutputSink = Callable[[Any, list[Any]], None]
 
 
 class Platform:
@@ -229,7 +233,14 @@ class Platform:
     clears it). Callbacks take no arguments and may be ``async``.
     """
 
-    def __init__(self, ack_sink: AckSink | None = None, *, kind: str = "local", name: str = "") -> None:
+    def __init__(
+        self,
+        ack_sink: AckSink | None = None,
+        *,
+        kind: str = "local",
+        name: str = "",
+        output_sink: OutputSink | None = None,
+    ) -> None:
         self.kind = kind
         self.name = name
         self.termination_callback: Callable[[], Any] | None = None
@@ -238,6 +249,44 @@ class Platform:
         # Without a sink (a Platform made outside a worker, e.g. in a handler's unit test) acks are
         # recorded here.
         self.acks: list[QualifiedOffset] = []
+        self._output_sink = output_sink
+        # The record produce() belongs to. A context variable, so that tasks a handler starts
+        # inherit their record and can still produce while it is open (explicit acks).
+        self._current_event: ContextVar[Any] = ContextVar("streamworker_current_event", default=None)
+        # Without a sink, outputs are recorded here ([topic, key, value, headers, partition]).
+        self.outputs: list[list[Any]] = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | str | dict[str, Any] | list[Any],
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Produce an output record for the record being handled (see docs/outputs.md).
+
+        ``value``: bytes, str (UTF-8) or dict/list (JSON). The input is committed only once every
+        output it produced is acknowledged by the broker; a failed delivery fails the input's
+        attempt. Raises ``OutputError`` for a value that cannot be produced and ``RuntimeError``
+        outside a record's handling.
+        """
+        event = self._current_event.get()
+        if event is None:
+            raise RuntimeError(
+                "context.platform.produce() needs a record: call it from the handler, or from a task "
+                "the handler started while its record is open (explicit acks)"
+            )
+        output = make_output(topic, value, key, headers, partition)
+        if self._output_sink is None:
+            self.outputs.append(output)
+        else:
+            self._output_sink(event, output)
+
+    def set_current_event(self, event: Any) -> None:
+        """For the worker: the record that produce() calls belong to from now on (None: none)."""
+        self._current_event.set(event)
 
     def set_termination_callback(self, callback: Callable[[], Any] | None) -> None:
         """Run ``callback()`` when the worker is told to stop, after the events it already has."""
