@@ -19,6 +19,7 @@ from streamworker.supervisor.observer import TriggerSnapshot
 from streamworker.supervisor.outputs import OutputDelivery, OutputStats, PendingOutputs, output_size
 from streamworker.testing import HandlerHarness, Output
 from streamworker.worker.outputs import OutputError, make_output, return_value_output
+from streamworker.worker.process import Worker
 from streamworker.worker.sdk import Event, Platform, Response
 
 T = "orders"
@@ -252,9 +253,14 @@ def test_pending_outputs_settle_when_the_last_report_arrives_and_keep_the_first_
 # -- the worker: OUTPUTS frames -----------------------------------------------------------------------
 
 
-def start(harness: WorkerHarness, output_topic: str | None = None, headers: str = "none") -> None:
+def start(
+    harness: WorkerHarness,
+    output_topic: str | None = None,
+    headers: str = "none",
+    handler: str = "outputs_app:handler",
+) -> None:
     init = WorkerInit(
-        handler="outputs_app:handler",
+        handler=handler,
         code_dir=str(HANDLERS),
         worker_id=1,
         trigger_name="t",
@@ -346,6 +352,34 @@ def test_a_task_of_an_open_record_produces_before_its_explicit_ack(worker: Worke
     assert kinds.index(Msg.OUTPUTS) < kinds.index(Msg.ACKS)
     [outputs] = [payload for kind, payload in frames if kind == Msg.OUTPUTS]
     assert outputs == [["orders", 0, 5, [["late", b"k", b"from-task", None, None]]]]
+
+
+def test_an_async_handler_produces_and_returns_outputs(worker: WorkerHarness) -> None:
+    start(worker, output_topic="enriched", handler="outputs_app:async_handler")
+    worker.events(wire_event(0, b"a", key=b"k", offset=3))
+    frames = frames_until_results(worker, 1)
+    [outputs] = [payload for kind, payload in frames if kind == Msg.OUTPUTS]
+    assert outputs == [
+        [
+            "orders",
+            0,
+            3,
+            [["out-async", b"k", b"a", None, None], ["enriched", b"k", b'{"echo":"a"}', None, None]],
+        ]
+    ]
+
+
+def test_outputs_for_a_record_that_is_done_are_refused() -> None:
+    worker = Worker(-1, -1)
+    event = Event.create(b"x", topic="orders", partition=1, offset=8)
+    with pytest.raises(RuntimeError, match="record orders/1/8 is done"):
+        worker._on_output(event, make_output("o", b"late"))
+    worker._open.add(("orders", 1, 8))  # returned no-ack, not acked yet: still open
+    worker._on_output(event, make_output("o", b"late"))
+    assert list(worker._outputs) == [["orders", 1, 8, [["o", None, b"late", None, None]]]]
+    worker._queue_ack("orders", 1, 8)
+    with pytest.raises(RuntimeError, match="is done"):
+        worker._on_output(event, make_output("o", b"later"))
 
 
 # -- the harness and the metrics ----------------------------------------------------------------------

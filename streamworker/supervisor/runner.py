@@ -838,6 +838,8 @@ class TriggerRunner:
                 self._pump(0.01)
             sink.close(1.0)
         self._settle_outputs(started + budget)
+        if self.outputs is not None:
+            self.outputs.close(1.0)  # what is still in flight belongs to inputs not committed
         committed = self._commit(consumer, None, synchronous=True)
         self._terminate_workers(time.monotonic() + budget)
         consumer.close()
