@@ -16,7 +16,13 @@ from streamworker.observability.metrics import MetricsObserver
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
 from streamworker.supervisor.observer import TriggerSnapshot
-from streamworker.supervisor.outputs import OutputDelivery, OutputStats, PendingOutputs, output_size
+from streamworker.supervisor.outputs import (
+    OutputDelivery,
+    OutputSink,
+    OutputStats,
+    PendingOutputs,
+    output_size,
+)
 from streamworker.testing import HandlerHarness, Output
 from streamworker.worker.outputs import OutputError, make_output, return_value_output
 from streamworker.worker.process import Worker
@@ -248,6 +254,20 @@ def test_pending_outputs_settle_when_the_last_report_arrives_and_keep_the_first_
     assert not pending.delivered(SIZE, "first")
     assert pending.delivered(SIZE, "second")
     assert (pending.error, pending.in_flight, pending.bytes) == ("first", 0, 0)
+
+
+def test_a_produce_refused_at_once_comes_back_as_a_failed_delivery() -> None:
+    # No broker is contacted: librdkafka refuses a record above message.max.bytes locally.
+    sink = OutputSink({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 1000})
+    pending = PendingOutputs(None, 4)
+    try:
+        sink.send(pending, [make_output("o", b"x" * 5000)])
+        [report] = sink.poll()
+    finally:
+        sink.close(0)
+    assert report.pending is pending and report.topic == "o" and report.size == 5000
+    assert report.error is not None and "MSG_SIZE_TOO_LARGE" in report.error
+    assert sink.in_flight == 0
 
 
 # -- the worker: OUTPUTS frames -----------------------------------------------------------------------

@@ -926,9 +926,11 @@ class Dispatcher:
                 del state.outputs[pending.offset]
             return
         pending.record = None
-        self._held_for_outputs(state, record)
+        del state.outputs[pending.offset]
         if pending.error is None:
             self._finish(state, record)
+        else:
+            self._fail_for_outputs(state, record, pending.error)
 
     def take_output_failures(self) -> list[Failure]:
         """Inputs whose outputs failed, with what the failure policy decided for them."""
@@ -947,15 +949,19 @@ class Dispatcher:
         del state.outputs[offset]
         if pending.error is None:
             return False
+        self._fail_for_outputs(state, record, pending.error)
+        return True
+
+    def _fail_for_outputs(self, state: PartitionState, record: Record, error: str) -> None:
+        """An output of ``record`` failed: a failed attempt of the record, like a handler error."""
         lane = self._lanes.get(record[F_LANE])
         if lane is None:  # a key lane dropped while its record waited for outputs
             lane = self._key_lane(state, record[F_KEY])
             record[F_LANE] = lane.id
-        failure = self._fail(lane, record, "OutputDeliveryError", pending.error, self._now)
+        failure = self._fail(lane, record, "OutputDeliveryError", error, self._now)
         self._output_failures.append(failure)
         if lane.inflight == 0:
             self._settle(lane)
-        return True
 
     def _run_done_with_outputs(self, state: PartitionState, run: Run, start: int, count: int) -> int:
         """Records ``start``.. of a run finished; those with outputs in flight wait for them as

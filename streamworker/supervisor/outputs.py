@@ -66,7 +66,7 @@ class PendingOutputs:
 
     def sent(self, outputs: list[list[Any]]) -> int:
         """Count ``outputs`` in flight; returns their bytes."""
-        size = sum(map(output_size, outputs))
+        size = output_size(outputs[0]) if len(outputs) == 1 else sum(map(output_size, outputs))
         self.in_flight += len(outputs)
         self.bytes += size
         return size
@@ -80,7 +80,7 @@ class PendingOutputs:
         return self.in_flight == 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made per output on the poll loop, frozen init costs more
 class OutputDelivery:
     """What happened to one output."""
 
@@ -124,23 +124,27 @@ class OutputSink:
 
     def send(self, pending: PendingOutputs, outputs: list[list[Any]]) -> None:
         """Produce an input's outputs, in order. Failures come back through ``poll``."""
+        produce = self._producer.produce
+        on_delivery = self._on_delivery
+        started = self._clock()
         for output in outputs:
             topic = output[O_TOPIC]
             size = output_size(output)
-            started = self._clock()
             headers = output[O_HEADERS]
             partition = output[O_PARTITION]
-            report = functools.partial(self._on_delivery, pending, topic, size, started)
+            kwargs = {
+                "value": output[O_VALUE],
+                "key": output[O_KEY],
+                "headers": [(name, value) for name, value in headers] if headers else None,
+                "partition": -1 if partition is None else partition,
+                "on_delivery": functools.partial(on_delivery, pending, topic, size, started),
+            }
             self.in_flight += 1
             try:
-                self._produce(
-                    topic,
-                    value=output[O_VALUE],
-                    key=output[O_KEY],
-                    headers=[(name, value) for name, value in headers] if headers else None,
-                    partition=-1 if partition is None else partition,
-                    on_delivery=report,
-                )
+                try:
+                    produce(topic, **kwargs)
+                except BufferError:
+                    self._produce_when_room(topic, kwargs)
             # Too large, unknown partition, a topic librdkafka knows is missing, a queue full for
             # too long: a failed delivery like any other, never a reason to stop the trigger.
             except (BufferError, ValueError, TypeError, KafkaException) as exc:
@@ -148,16 +152,17 @@ class OutputSink:
                 error = f"{type(exc).__name__}: {exc}"
                 self._reports.append(OutputDelivery(pending, topic, size, error, self._clock() - started))
 
-    def _produce(self, topic: str, **kwargs: Any) -> None:
+    def _produce_when_room(self, topic: str, kwargs: dict[str, Any]) -> None:
+        """librdkafka's queue is full: serve reports (which makes room) and try again, bounded."""
         deadline = self._clock() + QUEUE_FULL_WAIT_S
         while True:
+            self._producer.poll(0.05)
             try:
                 self._producer.produce(topic, **kwargs)
                 return
             except BufferError:
                 if self._clock() >= deadline:
                     raise
-                self._producer.poll(0.05)  # serving reports makes room
 
     def _on_delivery(
         self,
