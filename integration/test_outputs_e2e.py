@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +90,22 @@ def test_outputs_from_return_values_and_produce_with_keys_and_headers(
     )
     config = function_dir(HANDLER, function_config({"t": trigger}, {"PRODUCED": produced}))
     proc = streamworker_process(config)
+    port = proc.wait_for_log("health server listening", timeout=30)["port"]
     wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=60)
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text: str = response.read().decode()
+        return text
+
+    def delivered() -> dict[str, float]:
+        text = metrics()
+        pattern = r'streamworker_outputs_total\{result="delivered",topic="([^"]+)",trigger="t"\} (\S+)'
+        return {name: float(value) for name, value in re.findall(pattern, text)}
+
+    # Snapshots are published every 50 ms: wait for the one after the last delivery.
+    wait_until(lambda: delivered() == {returned: 40.0, produced: 40.0}, 10, message=lambda: str(delivered()))
+    assert 'streamworker_output_delivery_seconds_count{trigger="t"} 80.0' in metrics()
     stop_cleanly(proc)
 
     out = read_topic(broker_bootstrap, returned, unique("reader"), quick_profile)
