@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Message
-from test_failure_policy import (
+from test_failure_policy import (  # noqa: F401 - dead_letter_broker is a fixture used by name
+    dead_letter_broker,
     function_config,
     headers_of,
     is_message,
@@ -109,7 +110,7 @@ def test_outputs_from_return_values_and_produce_with_keys_and_headers(
     stop_cleanly(proc)
 
     out = read_topic(broker_bootstrap, returned, unique("reader"), quick_profile)
-    assert sorted(m.value() for m in out) == sorted(f"v{i}".encode() for i in range(40))
+    assert sorted(m.value() or b"" for m in out) == sorted(f"v{i}".encode() for i in range(40))
     for message in out:
         value = message.value()
         assert isinstance(value, bytes)
@@ -242,4 +243,46 @@ def test_an_output_the_broker_refuses_fails_the_input_which_is_retried_then_dead
     assert "Invalid topic" in headers["error.message"] or "Unknown topic" in headers["error.message"]
     assert headers["attempts"] == "2"
     out = read_topic(broker_bootstrap, returned, unique("reader"), quick_profile)
-    assert sorted(m.value() for m in out) == [b"v0", b"v2", b"v3"]
+    assert sorted(m.value() or b"" for m in out) == [b"v0", b"v2", b"v3"]
+
+
+def test_an_input_is_not_committed_until_its_output_topic_takes_the_output(
+    dead_letter_broker: tuple[str, Any],  # noqa: F811 - the fixture imported above
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+) -> None:
+    """The outputTopic does not exist and may not be created: the inputs stay uncommitted (retried,
+    never dropped) until the topic is created, then they are committed with their outputs."""
+    bootstrap, _gate = dead_letter_broker
+    topic, group = unique("in"), unique("group")
+    returned, produced = unique("returned"), unique("produced")
+    create_topics(bootstrap, {topic: 1, produced: 1})
+    end = produce(bootstrap, topic, [Record(value=f"v{i}", key=f"k{i}") for i in range(3)])
+    trigger = trigger_config(
+        brokers=bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        attributes={"outputTopic": returned, "maxRetries": 1000, "retryMaxBackoff": "1s"},
+    )
+    # The gate of ``dead_letter_broker`` stops clients whose id contains "-dlq" from creating topics;
+    # this trigger name puts it into the output producer's id (streamworker-<function>-<trigger>-outputs).
+    config = function_dir(HANDLER, function_config({"gated-dlq": trigger}, {"PRODUCED": produced}))
+    proc = streamworker_process(config)
+    wait_until(
+        lambda: len(logs_named(proc, "handler failed; will retry", offset=0)) >= 2,
+        60,
+        message=lambda: f"the missing output topic never failed an attempt\n{proc.output()}",
+    )
+    assert sum(committed_offsets(bootstrap, group, topic, 1).values()) == 0, "committed without its output"
+    retried = logs_named(proc, "handler failed; will retry", offset=0)
+    assert all(log["error_type"] == "OutputDeliveryError" for log in retried), retried
+
+    create_topics(bootstrap, {returned: 1})
+    wait_committed(wait_until, bootstrap, group, topic, end, timeout=60)
+    stop_cleanly(proc)
+    out = read_topic(bootstrap, returned, unique("reader"), quick_profile)
+    assert {m.value() for m in out} == {b"v0", b"v1", b"v2"}
