@@ -409,18 +409,18 @@ class Worker:
             self.loaded = load_handler(init.code_dir, init.handler)
             self.trigger = TriggerInfo(kind=init.trigger_kind, name=init.trigger_name)
             self.decode_strings = init.decode_strings
-            self._output_topic = init.output_topic
-            self._output_headers = init.output_headers
-            self._explicit_acks = init.explicit_acks
             self.context = Context(
                 logger=Logger(self._log),
-                platform=Platform(
-                    self._queue_ack, kind="local", name="streamworker", output_sink=self._on_output
-                ),
+                platform=Platform(self._queue_ack, kind="local", name="streamworker"),
                 worker_id=init.worker_id,
                 trigger=self.trigger,
                 function_name=init.function_name,
             )
+            # Outputs (docs/outputs.md): where produce() goes, what a return value becomes.
+            self.context.platform.set_output_sink(self._on_output)
+            self._output_topic = init.output_topic
+            self._output_headers = init.output_headers
+            self._explicit_acks = init.explicit_acks
         except HandlerLoadError as exc:
             self._init_failed("HandlerLoadError", str(exc), exc)
             return False

@@ -284,6 +284,10 @@ class Platform:
         else:
             self._output_sink(event, output)
 
+    def set_output_sink(self, sink: OutputSink | None) -> None:
+        """For the worker: where produce() sends outputs (None: record them in ``outputs``)."""
+        self._output_sink = sink
+
     def set_current_event(self, event: Any) -> None:
         """For the worker: the record that produce() calls belong to from now on (None: none)."""
         self._current_event.set(event)
