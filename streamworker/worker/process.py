@@ -49,7 +49,6 @@ from streamworker.protocol import (
     write_all_blocking,
 )
 from streamworker.worker.loader import INIT_CONTEXT_NAME, HandlerLoadError, LoadedHandler, load_handler
-from streamworker.worker.outputs import return_value_output
 from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
 
 __all__ = [
@@ -644,6 +643,10 @@ class Worker:
 
     def _return_output(self, result: Any, wire: list[Any], topic: str) -> None:
         """attributes.outputTopic: the return value becomes the record's last output."""
+        # Imported here to keep this module's import block as it is on other branches (a merge aid);
+        # after the first call it is a dictionary lookup.
+        from streamworker.worker.outputs import return_value_output
+
         output = return_value_output(result, wire, topic, self._output_headers)
         if output is not None:
             self._record_outputs.append(output)
