@@ -204,8 +204,9 @@ class WorkerInit:
     # attributes.outputTopic / outputHeaders: where a handler's return value is produced.
     output_topic: str | None = None
     output_headers: str = "none"
-    # Explicit acks are on: a no-ack record stays open (its tasks may produce) until acked.
-    explicit_acks: bool = False
+    # explicitAckMode (disable | enable | explicitOnly): which handled records stay open (their
+    # tasks may still produce for them) until acked: no-ack ones with enable, all with explicitOnly.
+    ack_mode: str = "disable"
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -278,6 +278,7 @@ def start(
     output_topic: str | None = None,
     headers: str = "none",
     handler: str = "outputs_app:handler",
+    ack_mode: str = "enable",
 ) -> None:
     init = WorkerInit(
         handler=handler,
@@ -289,7 +290,7 @@ def start(
         decode_strings=True,
         output_topic=output_topic,
         output_headers=headers,
-        explicit_acks=True,
+        ack_mode=ack_mode,
     )
     harness.send([Msg.INIT, init.to_wire()])
     kind, payload = harness.next_message()
@@ -361,9 +362,14 @@ def test_return_values_go_to_the_output_topic_with_the_inputs_key_and_headers(wo
     assert bad[1] == Status.ERROR and "got int; it cannot be produced to outputTopic 'enriched'" in bad[4]
 
 
-def test_a_task_of_an_open_record_produces_before_its_explicit_ack(worker: WorkerHarness) -> None:
-    start(worker)
-    worker.events(wire_event(0, b"task-then-ack", key=b"k", offset=5))
+@pytest.mark.parametrize(
+    ("ack_mode", "body"), [("enable", b"task-then-ack"), ("explicitOnly", b"task-returns-ok")]
+)
+def test_a_task_of_an_open_record_produces_before_its_explicit_ack(
+    worker: WorkerHarness, ack_mode: str, body: bytes
+) -> None:
+    start(worker, ack_mode=ack_mode)
+    worker.events(wire_event(0, body, key=b"k", offset=5))
     frames: list[tuple[int, Any]] = []
     while not any(kind == Msg.ACKS for kind, _ in frames):
         kind, payload = worker.next_message()

@@ -181,7 +181,7 @@ class TriggerRunner:
             log_level=self.options.log_level,
             output_topic=self.attrs.output_topic,
             output_headers=self.attrs.output_headers.value,
-            explicit_acks=self.trigger.explicit_ack_mode is not ExplicitAckMode.DISABLE,
+            ack_mode=self.trigger.explicit_ack_mode.value,
         )
 
     def _spawn(self, seat: WorkerSeat) -> None:

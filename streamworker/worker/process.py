@@ -175,7 +175,9 @@ class Worker:
         self._open: set[tuple[str, int, int]] = set()
         self._output_topic: str | None = None
         self._output_headers = "none"
-        self._explicit_acks = False
+        # Which handled records stay open until acked: no-ack ones (enable), all (explicitOnly).
+        self._open_no_ack = False
+        self._open_all = False
         # Lanes in which an event failed here: later events of the lane are DEFERRED until the
         # supervisor re-sends the failed one with retry=True.
         self._held: set[Any] = set()
@@ -419,7 +421,8 @@ class Worker:
             self.context.platform.set_output_sink(self._on_output)
             self._output_topic = init.output_topic
             self._output_headers = init.output_headers
-            self._explicit_acks = init.explicit_acks
+            self._open_no_ack = init.ack_mode != "disable"
+            self._open_all = init.ack_mode == "explicitOnly"
         except HandlerLoadError as exc:
             self._init_failed("HandlerLoadError", str(exc), exc)
             return False
@@ -515,7 +518,7 @@ class Worker:
                     self._return_output(result, item, output_topic)
                 if self._record_outputs:
                     self._outputs_done(item[F_TOPIC], item[F_PARTITION], item[F_OFFSET])
-                if status == _NO_ACK and self._explicit_acks:
+                if self._open_all or (status == _NO_ACK and self._open_no_ack):
                     self._open.add((item[F_TOPIC], item[F_PARTITION], item[F_OFFSET]))
                 results.append([item[F_SEQ], status, t1 - t0, None, None])
             except Exception as exc:
