@@ -286,3 +286,59 @@ def test_an_input_is_not_committed_until_its_output_topic_takes_the_output(
     stop_cleanly(proc)
     out = read_topic(bootstrap, returned, unique("reader"), quick_profile)
     assert {m.value() for m in out} == {b"v0", b"v1", b"v2"}
+
+
+ASYNC_TASK_HANDLER = """
+import asyncio
+import os
+
+from streamworker.worker.sdk import QualifiedOffset, Response
+
+TASKS = set()
+
+
+async def later(context, event):
+    await asyncio.sleep(0.02)
+    context.platform.produce(os.environ["PRODUCED"], event.body + b"-from-task", key=event.key)
+    await context.platform.explicit_ack(QualifiedOffset.from_event(event))
+
+
+async def handler(context, event):
+    await asyncio.sleep(0)
+    context.platform.produce(os.environ["PRODUCED"], event.body + b"-from-handler", key=event.key)
+    task = asyncio.get_running_loop().create_task(later(context, event))
+    TASKS.add(task)
+    task.add_done_callback(TASKS.discard)
+    response = Response()
+    response.ensure_no_ack()
+    return response
+"""
+
+
+def test_an_async_handler_and_its_task_produce_for_a_record_acked_explicitly(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+) -> None:
+    topic, group, produced = unique("in"), unique("group"), unique("produced")
+    create_topics(broker_bootstrap, {topic: 2, produced: 2})
+    end = produce(broker_bootstrap, topic, [Record(value=f"v{i}", key=f"k{i}") for i in range(20)])
+    trigger = trigger_config(
+        brokers=broker_bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        workers=2,
+        ack_mode="enable",
+    )
+    config = function_dir(ASYNC_TASK_HANDLER, function_config({"t": trigger}, {"PRODUCED": produced}))
+    proc = streamworker_process(config)
+    wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=60)
+    stop_cleanly(proc)
+    out = read_topic(broker_bootstrap, produced, unique("reader"), quick_profile)
+    expected = {f"v{i}-from-{who}".encode() for i in range(20) for who in ("handler", "task")}
+    assert {m.value() for m in out} == expected
+    assert not logs_named(proc, "output delivery failed")

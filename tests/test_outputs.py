@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_worker_process import HANDLERS, WorkerHarness, statuses, wire_event, wire_run
 
-from streamworker.config.model import AllocationMode, OnError
+from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
@@ -190,6 +190,18 @@ def test_outputs_of_a_failed_handler_call_do_not_hide_the_handler_error() -> Non
     assert failure.error_type == "ValueError"
     d.output_delivered(pending, SIZE, None, 0.1)
     assert position(d) == 0 and d.take_output_failures() == []
+
+
+def test_an_acked_record_whose_task_produced_waits_for_those_outputs() -> None:
+    d = make(ack_mode=ExplicitAckMode.ENABLE)
+    batch = started(d, 1)
+    d.complete(0, [[batch[0][F_SEQ], Status.NO_ACK, 0.0, None, None]], 0.0)
+    pending = d.outputs_sent((T, 0), 0, [OUT])  # a task of the open record produced
+    assert pending is not None
+    assert d.ack(T, 0, 0)
+    assert position(d) == 0, "acked, but its output is in flight"
+    d.output_delivered(pending, SIZE, None, 0.1)
+    assert position(d) == 1
 
 
 def test_outputs_in_flight_count_against_the_buffer_and_pause_the_partition() -> None:
