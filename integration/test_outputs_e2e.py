@@ -342,3 +342,54 @@ def test_an_async_handler_and_its_task_produce_for_a_record_acked_explicitly(
     expected = {f"v{i}-from-{who}".encode() for i in range(20) for who in ("handler", "task")}
     assert {m.value() for m in out} == expected
     assert not logs_named(proc, "output delivery failed")
+
+
+def test_a_sigkilled_supervisor_leaves_no_committed_input_without_its_outputs(
+    broker_bootstrap: str,
+    unique: Callable[[str], str],
+    wait_until: Callable[..., Any],
+    quick_profile: dict[str, str],
+    function_dir: Callable[..., Path],
+    streamworker_process: Callable[..., Any],
+) -> None:
+    """The supervisor (and its workers) SIGKILLed mid-run, twice: what it had committed has its
+    outputs, and the instance started after the last kill finishes the rest."""
+    topic, group = unique("in"), unique("group")
+    returned, produced = unique("returned"), unique("produced")
+    create_topics(broker_bootstrap, {topic: 2, returned: 2, produced: 2})
+    count = 600
+    end = produce(
+        broker_bootstrap, topic, [Record(value=f"v{i}", key=f"k{i}", partition=i % 2) for i in range(count)]
+    )
+    trigger = trigger_config(
+        brokers=broker_bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        workers=2,
+        attributes={"outputTopic": returned},
+    )
+    config = function_dir(HANDLER, function_config({"t": trigger}, {"PRODUCED": produced, "DELAY": "0.02"}))
+    seen = 0
+    for _ in range(2):
+        proc = streamworker_process(config)
+        wait_until(
+            lambda seen=seen: sum(committed_offsets(broker_bootstrap, group, topic, 2).values()) > seen,
+            90,
+            message=lambda proc=proc: f"no progress\n{proc.output()}",
+        )
+        proc.kill()
+        seen = sum(committed_offsets(broker_bootstrap, group, topic, 2).values())
+        assert seen < count, "the run ended before the kill; slow the handler down"
+        # Every input committed so far has its outputs, although the producer died with the process.
+        committed = committed_offsets(broker_bootstrap, group, topic, 2)
+        out = {m.value() for m in read_topic(broker_bootstrap, returned, unique("reader"), quick_profile)}
+        missing = [
+            i for i in range(count) if i // 2 < committed.get(i % 2, 0) and f"v{i}".encode() not in out
+        ]
+        assert not missing, f"committed without their returned output: {missing[:10]}"
+    proc = streamworker_process(config)
+    wait_committed(wait_until, broker_bootstrap, group, topic, end, timeout=120)
+    stop_cleanly(proc)
+    out = {m.value() for m in read_topic(broker_bootstrap, returned, unique("reader"), quick_profile)}
+    assert out == {f"v{i}".encode() for i in range(count)}
