@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 from test_worker_process import HANDLERS, WorkerHarness, statuses, wire_event, wire_run
 
 from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
@@ -280,6 +281,24 @@ def test_a_produce_refused_at_once_comes_back_as_a_failed_delivery() -> None:
     assert report.pending is pending and report.topic == "o" and report.size == 5000
     assert report.error is not None and "MSG_SIZE_TOO_LARGE" in report.error
     assert sink.in_flight == 0
+
+
+def test_a_producer_that_failed_fatally_is_replaced_and_what_it_held_is_reported_failed() -> None:
+    replaced: list[str] = []
+    # No broker at this address: the output waits in the producer's queue.
+    sink = OutputSink({"bootstrap.servers": "127.0.0.1:1"}, on_replaced=replaced.append)
+    try:
+        pending = PendingOutputs(None, 0)
+        sink.send(pending, [OUT])
+        assert sink.poll() == [] and sink.in_flight == 1
+        sink._on_error(KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
+        [report] = sink.poll()
+        assert report.pending is pending and report.error is not None and "PURGE" in report.error
+        assert (sink.in_flight, sink.replaced) == (0, 1) and replaced == ["PRODUCER_FENCED: fenced"]
+        sink.send(pending, [OUT])  # the new producer takes outputs
+        assert sink.in_flight == 1 and sink.poll() == []
+    finally:
+        sink.close(0)
 
 
 # -- the worker: OUTPUTS frames -----------------------------------------------------------------------

@@ -114,13 +114,35 @@ class OutputStats:
 
 
 class OutputSink:
-    """One idempotent ``acks=all`` producer per trigger for handlers' outputs."""
+    """One idempotent ``acks=all`` producer per trigger for handlers' outputs.
 
-    def __init__(self, settings: Mapping[str, Any], clock: Callable[[], float] = time.monotonic) -> None:
-        self._producer = Producer(dict(settings))
+    An idempotent producer can hit a fatal error (e.g. fenced after the epoch bump that follows a
+    message timeout; Tansu fences it after a broker outage): every later produce would fail, and the
+    inputs would be retried forever. The producer is then replaced: what the old one still holds is
+    purged (reported failed, so those inputs are retried) and a new one takes over.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+        on_replaced: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = dict(settings)
         self._clock = clock
+        self._on_replaced = on_replaced
+        self._fatal: str | None = None  # why the producer must be replaced
         self._reports: list[OutputDelivery] = []
         self.in_flight = 0
+        self.replaced = 0
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return Producer({**self._settings, "error_cb": self._on_error})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = f"{error.name()}: {error.str()}"
 
     def send(self, pending: PendingOutputs, outputs: list[list[Any]]) -> None:
         """Produce an input's outputs, in order. Failures come back through ``poll``."""
@@ -174,14 +196,32 @@ class OutputSink:
         _message: Message,
     ) -> None:
         self.in_flight -= 1
-        text = None if error is None else f"{error.name()}: {error.str()}"
+        text = None
+        if error is not None:
+            text = f"{error.name()}: {error.str()}"
+            if error.fatal() or error.code() == KafkaError.PRODUCER_FENCED:
+                self._fatal = text
         self._reports.append(OutputDelivery(pending, topic, size, text, self._clock() - started))
 
     def poll(self) -> list[OutputDelivery]:
         """Serve delivery reports; returns those that arrived since the last call."""
         self._producer.poll(0)
+        if self._fatal is not None:
+            self._replace(self._fatal)
         reports, self._reports = self._reports, []
         return reports
+
+    def _replace(self, reason: str) -> None:
+        old, self._producer = self._producer, self._new_producer()
+        self._fatal = None
+        self.replaced += 1
+        # Whatever the old producer holds fails now (purge reports it), so its inputs are retried
+        # through the new one instead of waiting for a producer that will never deliver.
+        old.purge()
+        old.flush(1.0)
+        self._fatal = None  # what the old one reported while purged is not about the new one
+        if self._on_replaced is not None:
+            self._on_replaced(reason)
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)

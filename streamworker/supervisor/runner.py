@@ -374,7 +374,13 @@ class TriggerRunner:
         sink = self.outputs
         if sink is None:
             client_id = f"streamworker-{self.function.name}-{self.trigger.name}-outputs"
-            sink = self.outputs = OutputSink(producer_settings(self._producer_base, client_id))
+            sink = self.outputs = OutputSink(
+                producer_settings(self._producer_base, client_id),
+                on_replaced=lambda reason: self.log.error(
+                    "output producer failed fatally; replaced it, its outputs in flight are retried",
+                    error=reason,
+                ),
+            )
         for topic, partition, offset, outputs in items:
             pending = self.dispatcher.outputs_sent((topic, partition), offset, outputs)
             # Not ours any more: produced all the same (at-least-once), nothing waits for them.
