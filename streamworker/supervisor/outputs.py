@@ -37,6 +37,13 @@ from streamworker.protocol import (
     summarize_durations,
 )
 
+# How long an output may wait for its delivery before it counts as failed (librdkafka's
+# message.timeout.ms; the dead-letter producer's 10 s is shorter). A failed output costs a re-run of
+# its input, and a timeout also makes the idempotent producer bump its epoch (which Tansu answers by
+# fencing it): an outage of a few seconds should hold inputs back (backpressure), not fail them. A
+# missing or refused topic still fails within seconds (metadata propagation, broker error).
+MESSAGE_TIMEOUT_MS = 30_000
+
 # How long produce() may wait for room in librdkafka's local queue before the output counts as
 # failed: a full queue is backpressure (wait), an endless one is an error (retry the input).
 QUEUE_FULL_WAIT_S = 5.0

@@ -48,6 +48,7 @@ from streamworker.supervisor.dispatch import (
     record_size,
 )
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
+from streamworker.supervisor.outputs import MESSAGE_TIMEOUT_MS as OUTPUT_MESSAGE_TIMEOUT_MS
 from streamworker.supervisor.outputs import OutputSink, OutputStats, PendingOutputs
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
@@ -374,8 +375,12 @@ class TriggerRunner:
         sink = self.outputs
         if sink is None:
             client_id = f"streamworker-{self.function.name}-{self.trigger.name}-outputs"
+            settings = {
+                **producer_settings(self._producer_base, client_id),
+                "message.timeout.ms": OUTPUT_MESSAGE_TIMEOUT_MS,
+            }
             sink = self.outputs = OutputSink(
-                producer_settings(self._producer_base, client_id),
+                settings,
                 on_replaced=lambda reason: self.log.error(
                     "output producer failed fatally; replaced it, its outputs in flight are retried",
                     error=reason,
