@@ -59,6 +59,8 @@ TP = tuple[str, int]
 IDLE_POLL_SECONDS = 0.1
 # How long to wait on worker pipes when workers are busy and Kafka gave nothing.
 BUSY_WAIT_SECONDS = 0.005
+# With workers idle but outputs awaiting delivery reports: how long consume() may block.
+OUTPUT_POLL_SECONDS = 0.01
 CONSUME_BATCH = 1000
 COMMIT_INTERVAL_SECONDS = 1.0
 # No results for this long means the worker's head event is the one running (see _on_worker_gone).
@@ -772,7 +774,7 @@ class TriggerRunner:
         dispatcher = self.dispatcher
         next_timers = 0.0
         while not self.stop.is_set():
-            busy = dispatcher.inflight_total > 0 or bool(self.outputs and self.outputs.in_flight)
+            busy = dispatcher.inflight_total > 0
             timeout = 0.0 if busy else self._idle_timeout(time.monotonic())
             messages = consumer.consume(CONSUME_BATCH, timeout)
             now = time.monotonic()
@@ -808,6 +810,9 @@ class TriggerRunner:
     def _idle_timeout(self, now: float) -> float:
         """How long ``consume`` may block with no worker busy: until the next retry is due, at most."""
         due = self.dispatcher.next_retry_at(now)
+        if self.outputs is not None and self.outputs.in_flight:
+            # Delivery reports are served by this loop: their inputs commit once they arrive.
+            due = min(due, now + OUTPUT_POLL_SECONDS) if due is not None else now + OUTPUT_POLL_SECONDS
         if due is None:
             # Runnable lanes that are not waiting for a backoff are either dispatched already or
             # blocked (stopped partition, dead-letter pending, workers restarting): nothing to hurry.
