@@ -287,13 +287,12 @@ class HandlerHarness:
                         self.logs, function=self.config.name, worker=worker_id, trigger=self.trigger.name
                     )
                 ),
-                platform=Platform(
-                    self._record_ack, kind="local", name="streamworker", output_sink=self._record_output
-                ),
+                platform=Platform(self._record_ack, kind="local", name="streamworker"),
                 worker_id=worker_id,
                 trigger=self._trigger_info,
                 function_name=self.config.name,
             )
+            self.context.platform.set_output_sink(self._record_output)
             code_dir = os.path.abspath(self.config.code_dir)
             self._imports = _ImportScope(code_dir, self.config.handler.module.split(".")[0])
             self._imports.enter()

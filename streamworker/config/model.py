@@ -153,13 +153,13 @@ class KafkaAttributes:
     static_membership: bool = False
     dead_letter_topic: str | None = None
     on_error: OnError | None = None  # None: deadletter when deadLetterTopic is set, else stop
+    output_topic: str | None = None  # where handlers' return values are produced (docs/outputs.md)
+    output_headers: OutputHeaders = OutputHeaders.NONE
     max_retries: int = 3
     retry_backoff: float = 0.5
     retry_max_backoff: float = 30.0
     max_buffered_records: int = 30000
     max_buffered_bytes: int = 64 * 1024 * 1024
-    output_topic: str | None = None  # where handlers' return values are produced (docs/outputs.md)
-    output_headers: OutputHeaders = OutputHeaders.NONE
     # repr=False: extra settings may carry secrets (sasl.password for mechanisms without a section).
     librdkafka: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     sasl: SaslSettings | None = None  # None: SASL off

@@ -265,13 +265,13 @@ class Worker:
             raise _SupervisorGone(str(exc)) from exc
 
     def _flush(self, tail: bytes = b"") -> None:
-        """Send pending OUTPUTS, ACKS, then RESULTS, then ``tail``, in one write."""
+        """Send pending ACKS, then RESULTS, then ``tail``, in one write."""
         with self._write_lock:
             parts: list[bytes] = []
-            acks: list[list[Any]] = []
             if self._acks:
                 with self._acks_lock:
                     acks, self._acks = self._acks, []
+                parts.append(encode([Msg.ACKS, acks]))
             results = self._results
             run = self._run_active
             if run is not None and len(run[2]) > run[1]:
@@ -280,20 +280,17 @@ class Worker:
                     [run[0], _PROGRESS, 0.0, None, None, summarize_durations(run[2][run[1] : reported])]
                 )
                 run[1] = reported
-            # Counted before outputs are taken: a record's outputs are queued before its result or
-            # ack, so every result and ack reported here has its outputs in this write (or earlier).
-            count = len(results)
-            outputs = self._outputs
-            if outputs:
-                take = outputs.popleft
-                parts.append(encode([Msg.OUTPUTS, [take() for _ in range(len(outputs))]]))
-            if acks:
-                parts.append(encode([Msg.ACKS, acks]))
-            if count:
+            if results:
                 pop = results.popleft
-                parts.append(encode([Msg.RESULTS, [pop() for _ in range(count)]]))
+                parts.append(encode([Msg.RESULTS, [pop() for _ in range(len(results))]]))
             if tail:
                 parts.append(tail)
+            if self._outputs:
+                # Taken last and sent first: a record's outputs are queued before its result or
+                # ack, so every result and ack above has its outputs in this write (or an earlier one).
+                outputs = self._outputs
+                take = outputs.popleft
+                parts.insert(0, encode([Msg.OUTPUTS, [take() for _ in range(len(outputs))]]))
             if parts:
                 self._write(parts[0] if len(parts) == 1 else b"".join(parts))
             self._last_flush = time.perf_counter()
@@ -565,6 +562,8 @@ class Worker:
             return None
         handler = self.loaded.handler
         context = self.context
+        set_current_event = context.platform.set_current_event
+        output_topic = self._output_topic
         logger = context.logger
         trigger = self.trigger
         decode = self.decode_strings
@@ -572,8 +571,6 @@ class Worker:
         isawaitable = inspect.isawaitable
         topic, partition = item[R_TOPIC], item[R_PARTITION]
         offsets, keys, values, headers, stamps = item[R_OFFSETS : R_TIMESTAMPS + 1]
-        set_current_event = context.platform.set_current_event
-        output_topic = self._output_topic
         durations: list[float] = []
         progress = [seq, 0, durations, lane]
         self._run_active = progress

@@ -233,15 +233,15 @@ class Platform:
     clears it). Callbacks take no arguments and may be ``async``.
     """
 
-    def __init__(
-        self,
-        ack_sink: AckSink | None = None,
-        *,
-        kind: str = "local",
-        name: str = "",
-        output_sink: OutputSink | None = None,
-    ) -> None:
+    def __init__(self, ack_sink: AckSink | None = None, *, kind: str = "local", name: str = "") -> None:
         self.kind = kind
+        # produce() (docs/outputs.md): the worker's sink (``set_output_sink``); without one, outputs
+        # are recorded in ``outputs`` ([topic, key, value, headers, partition]).
+        self._output_sink: OutputSink | None = None
+        self.outputs: list[list[Any]] = []
+        # The record produce() belongs to. A context variable, so that tasks a handler starts
+        # inherit their record and can still produce while it is open (explicit acks).
+        self._current_event: ContextVar[Any] = ContextVar("streamworker_current_event", default=None)
         self.name = name
         self.termination_callback: Callable[[], Any] | None = None
         self.drain_callback: Callable[[], Any] | None = None
@@ -249,12 +249,28 @@ class Platform:
         # Without a sink (a Platform made outside a worker, e.g. in a handler's unit test) acks are
         # recorded here.
         self.acks: list[QualifiedOffset] = []
-        self._output_sink = output_sink
-        # The record produce() belongs to. A context variable, so that tasks a handler starts
-        # inherit their record and can still produce while it is open (explicit acks).
-        self._current_event: ContextVar[Any] = ContextVar("streamworker_current_event", default=None)
-        # Without a sink, outputs are recorded here ([topic, key, value, headers, partition]).
-        self.outputs: list[list[Any]] = []
+
+    def set_termination_callback(self, callback: Callable[[], Any] | None) -> None:
+        """Run ``callback()`` when the worker is told to stop, after the events it already has."""
+        self.termination_callback = _check_callback(callback)
+
+    def set_drain_callback(self, callback: Callable[[], Any] | None) -> None:
+        """Run ``callback()`` when the worker is asked to drain (e.g. partitions being revoked)."""
+        self.drain_callback = _check_callback(callback)
+
+    async def explicit_ack(self, qualified_offset: QualifiedOffset) -> None:
+        """Acknowledge a record handled earlier with a no-ack response (Nuclio's API)."""
+        self.explicit_ack_sync(qualified_offset)
+
+    def explicit_ack_sync(self, qualified_offset: QualifiedOffset) -> None:
+        """``explicit_ack`` for sync handlers. Accepts a ``QualifiedOffset`` or an ``Event``."""
+        topic = _as_str(qualified_offset.topic)
+        partition = int(qualified_offset.partition)
+        offset = int(qualified_offset.offset)
+        if self._ack_sink is None:
+            self.acks.append(QualifiedOffset(topic, partition, offset))
+        else:
+            self._ack_sink(topic, partition, offset)
 
     def produce(
         self,
@@ -291,28 +307,6 @@ class Platform:
     def set_current_event(self, event: Any) -> None:
         """For the worker: the record that produce() calls belong to from now on (None: none)."""
         self._current_event.set(event)
-
-    def set_termination_callback(self, callback: Callable[[], Any] | None) -> None:
-        """Run ``callback()`` when the worker is told to stop, after the events it already has."""
-        self.termination_callback = _check_callback(callback)
-
-    def set_drain_callback(self, callback: Callable[[], Any] | None) -> None:
-        """Run ``callback()`` when the worker is asked to drain (e.g. partitions being revoked)."""
-        self.drain_callback = _check_callback(callback)
-
-    async def explicit_ack(self, qualified_offset: QualifiedOffset) -> None:
-        """Acknowledge a record handled earlier with a no-ack response (Nuclio's API)."""
-        self.explicit_ack_sync(qualified_offset)
-
-    def explicit_ack_sync(self, qualified_offset: QualifiedOffset) -> None:
-        """``explicit_ack`` for sync handlers. Accepts a ``QualifiedOffset`` or an ``Event``."""
-        topic = _as_str(qualified_offset.topic)
-        partition = int(qualified_offset.partition)
-        offset = int(qualified_offset.offset)
-        if self._ack_sink is None:
-            self.acks.append(QualifiedOffset(topic, partition, offset))
-        else:
-            self._ack_sink(topic, partition, offset)
 
 
 def _check_callback(callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
