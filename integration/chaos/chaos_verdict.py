@@ -37,9 +37,9 @@ Definitions (per trigger, i.e. per topic and consumer group):
   owned by one instance the whole time (``ownership``, from the instances' assignment logs: a
   partition revoked from one member and not yet given to another counts as touched). Records flow
   steadily into every partition, so a long gap means an untouched partition waited.
-* **inputs committed without their outputs**: the handler returns the record's id, which goes to
-  the trigger's ``outputTopic``; a record whose offset a commit sample shows committed must have its
-  id in that topic (read after the run). Outputs are confirmed before their input is committed, so
+* **inputs committed without their outputs**: the handler produces the record's id to
+  ``<topic>-out``; a record whose offset a commit sample shows committed must have its id in that
+  topic (read after the run). Outputs are confirmed before their input is committed, so
   this must be 0 (duplicates there are allowed: at-least-once).
 * **recovery**: from the incident's start until the last record produced after it with a latency
   (first completion minus production) above ``LAG_OK_S``, and every late record before it, completed,

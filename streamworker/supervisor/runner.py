@@ -490,9 +490,10 @@ class TriggerRunner:
             )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        # Outputs still in flight decide whether their inputs are in the commit below.
+        self._settle_outputs(max(deadline, time.monotonic() + 1.0))
         # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
         drained = self._drain(self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0))
-        self._settle_outputs(max(deadline, time.monotonic() + 1.0))
         committed = self._commit(consumer, tps, synchronous=True)
         self.dispatcher.forget(tps)
         self.log.info(
@@ -843,6 +844,11 @@ class TriggerRunner:
             )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        # Outputs first: their delivery reports decide whether their inputs are committed, and a
+        # failed one may still become a dead letter below. What is left after that is not waited for.
+        self._settle_outputs(started + budget)
+        if self.outputs is not None:
+            self.outputs.close(1.0)
         sink = self.dead_letters
         if sink is not None:
             # Dead-letter copies already on their way: their delivery reports decide whether the
@@ -853,9 +859,6 @@ class TriggerRunner:
                 self._serve_dead_letters(time.monotonic())
                 self._pump(0.01)
             sink.close(1.0)
-        self._settle_outputs(started + budget)
-        if self.outputs is not None:
-            self.outputs.close(1.0)  # what is still in flight belongs to inputs not committed
         committed = self._commit(consumer, None, synchronous=True)
         self._terminate_workers(time.monotonic() + budget)
         consumer.close()
