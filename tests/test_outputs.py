@@ -22,6 +22,7 @@ from streamworker.supervisor.outputs import (
     OutputSink,
     OutputStats,
     PendingOutputs,
+    _note_fatal,
     output_size,
 )
 from streamworker.testing import HandlerHarness, Output
@@ -291,7 +292,7 @@ def test_a_producer_that_failed_fatally_is_replaced_and_what_it_held_is_reported
         pending = PendingOutputs(None, 0)
         sink.send(pending, [OUT])
         assert sink.poll() == [] and sink.in_flight == 1
-        sink._on_error(KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
+        _note_fatal(sink._fatal, KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
         [report] = sink.poll()
         assert report.pending is pending and report.error is not None and "PURGE" in report.error
         assert (sink.in_flight, sink.replaced) == (0, 1) and replaced == ["PRODUCER_FENCED: fenced"]
@@ -336,14 +337,15 @@ def worker(tmp_path: Path) -> Iterator[WorkerHarness]:
 
 
 def frames_until_results(harness: WorkerHarness, count: int) -> list[tuple[int, Any]]:
-    """Frames up to and including the one that brings the ``count``-th result."""
+    """Frames up to and including the one that brings the ``count``-th final result (a run's
+    progress reports do not count)."""
     frames: list[tuple[int, Any]] = []
     seen = 0
     while seen < count:
         kind, payload = harness.next_message()
         frames.append((kind, payload))
         if kind == Msg.RESULTS:
-            seen += len(payload)
+            seen += sum(1 for result in payload if result[1] != Status.PROGRESS)
     return frames
 
 

@@ -120,6 +120,12 @@ class OutputStats:
         return OutputStats(dict(self.counts), list(self.latency_counts), self.latency_total)
 
 
+def _note_fatal(fatal: list[str | None], error: KafkaError) -> None:
+    """A producer's error callback: remember a fatal error (others are retried by librdkafka)."""
+    if error.fatal():
+        fatal[0] = f"{error.name()}: {error.str()}"
+
+
 class OutputSink:
     """One idempotent ``acks=all`` producer per trigger for handlers' outputs.
 
@@ -138,18 +144,16 @@ class OutputSink:
         self._settings = dict(settings)
         self._clock = clock
         self._on_replaced = on_replaced
-        self._fatal: str | None = None  # why the producer must be replaced
+        # Why the producer must be replaced; a one-item list the error callback can set without
+        # holding the sink (a sink <-> producer cycle would keep a dropped producer's threads alive).
+        self._fatal: list[str | None] = [None]
         self._reports: list[OutputDelivery] = []
         self.in_flight = 0
         self.replaced = 0
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
-        return Producer({**self._settings, "error_cb": self._on_error})
-
-    def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._fatal = f"{error.name()}: {error.str()}"
+        return Producer({**self._settings, "error_cb": functools.partial(_note_fatal, self._fatal)})
 
     def send(self, pending: PendingOutputs, outputs: list[list[Any]]) -> None:
         """Produce an input's outputs, in order. Failures come back through ``poll``."""
@@ -207,28 +211,32 @@ class OutputSink:
         if error is not None:
             text = f"{error.name()}: {error.str()}"
             if error.fatal() or error.code() == KafkaError.PRODUCER_FENCED:
-                self._fatal = text
+                self._fatal[0] = text
         self._reports.append(OutputDelivery(pending, topic, size, text, self._clock() - started))
 
     def poll(self) -> list[OutputDelivery]:
         """Serve delivery reports; returns those that arrived since the last call."""
         self._producer.poll(0)
-        if self._fatal is not None:
-            self._replace(self._fatal)
+        if self._fatal[0] is not None:
+            self._replace(self._fatal[0])
         reports, self._reports = self._reports, []
         return reports
 
     def _replace(self, reason: str) -> None:
         old, self._producer = self._producer, self._new_producer()
-        self._fatal = None
+        self._fatal[0] = None
         self.replaced += 1
         # Whatever the old producer holds fails now (purge reports it), so its inputs are retried
         # through the new one instead of waiting for a producer that will never deliver.
         old.purge()
         old.flush(1.0)
-        self._fatal = None  # what the old one reported while purged is not about the new one
+        self._fatal[0] = None  # what the old one reported while purged is not about the new one
         if self._on_replaced is not None:
             self._on_replaced(reason)
 
     def close(self, timeout: float) -> None:
+        """Deliver what can be within ``timeout``; drop the rest (their inputs are not committed)."""
         self._producer.flush(timeout)
+        # Purged outputs report now, which releases their callbacks (and, through them, this sink).
+        self._producer.purge()
+        self._producer.flush(0)
