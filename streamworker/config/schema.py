@@ -757,6 +757,21 @@ ATTRIBUTES = SectionSpec(
             choices=tuple(member.value for member in OnError),
             default_text="deadletter if deadLetterTopic is set, else stop",
         ),
+        FieldSpec(
+            "outputTopic",
+            "output_topic",
+            parse_string,
+            "Topic that receives each handler's non-None return value (bytes, str, dict/list as JSON, "
+            "or a Response's body) with the input's key. An input is committed only once its outputs "
+            "are acknowledged by the broker; see docs/outputs.md.",
+            default_text="none",
+        ),
+        _enum_attribute(
+            "outputHeaders",
+            "output_headers",
+            enum_parser(OutputHeaders),
+            "Headers of a return-value output: copy (the input's headers) or none.",
+        ),
         _attribute(
             "maxRetries",
             "max_retries",
@@ -792,21 +807,6 @@ ATTRIBUTES = SectionSpec(
             "Bytes fetched but not yet handled, per partition, before the partition is paused; a number "
             'or a size like "64MiB", "10MB".',
             format_byte_size,
-        ),
-        FieldSpec(
-            "outputTopic",
-            "output_topic",
-            parse_string,
-            "Topic that receives each handler's non-None return value (bytes, str, dict/list as JSON, "
-            "or a Response's body) with the input's key. An input is committed only once its outputs "
-            "are acknowledged by the broker; see docs/outputs.md.",
-            default_text="none",
-        ),
-        _enum_attribute(
-            "outputHeaders",
-            "output_headers",
-            enum_parser(OutputHeaders),
-            "Headers of a return-value output: copy (the input's headers) or none.",
         ),
         _attribute(
             "librdkafka",

@@ -312,13 +312,13 @@ class PartitionState:
         self.key_lanes: dict[bytes | None, Lane] = {}
         # onError: stop hit this partition: nothing more is dispatched until restart.
         self.stopped = False
+        # Inputs with outputs not confirmed yet (offset -> them): not done until they are.
+        self.outputs: dict[int, PendingOutputs] = {}
         # First offset dropped because the buffer was full: fetch again from here on resume.
         self.rewind_to: int | None = None
         # Explicit acks: handled records waiting for their ack, and acks that came first.
         self.awaiting_ack: dict[int, Record] = {}
         self.early_acks: set[int] = set()
-        # Inputs with outputs not confirmed yet (offset -> them): not done until they are.
-        self.outputs: dict[int, PendingOutputs] = {}
 
     @property
     def inflight(self) -> int:

@@ -38,11 +38,11 @@ class TriggerSnapshot:
     outcomes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, result) -> n
     rebalances: Mapping[str, int] = field(default_factory=dict)  # assign / revoke / lost -> n
     worker_restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> n
-    stopping: bool = False
     # Outputs produced for handlers: (topic, delivered|failed) -> n, and delivery latency as
     # (counts per protocol.DURATION_BUCKETS bucket, total seconds).
     outputs: Mapping[tuple[str, str], int] = field(default_factory=dict)
     output_latency: tuple[Sequence[int], float] = ((), 0.0)
+    stopping: bool = False
 
 
 class RunnerObserver(Protocol):

@@ -585,9 +585,9 @@ class TriggerRunner:
                 outcomes=dict(self.dispatcher.outcomes),
                 rebalances=dict(self._rebalances),
                 worker_restarts=dict(self._restarts),
-                stopping=self._stopping,
                 outputs=dict(self.output_stats.counts),
                 output_latency=(tuple(self.output_stats.latency_counts), self.output_stats.latency_total),
+                stopping=self._stopping,
             )
         )
 
