@@ -39,7 +39,9 @@ workerAllocationMode pool|static|key and numWorkers 1, 2, 4; key only when
 (``RunTaskWithMultiprocessing``, 2 processes) and ``quix`` (Quix Streams 3, run by
 ``--quix-python``: it cannot share a virtualenv with sentry-arroyo). See ``bench/peers.py``.
 
-Workloads: ``noop``; ``cpu`` (1 ms of CPU per record); ``io`` and ``aio`` (5 ms sleep, blocking or
+Workloads: ``noop``; ``noop-out`` (no-op returning its input to an output topic through
+``attributes.outputTopic``: the cost of outputs confirmed before commit; streamworker with 2 workers
+only); ``cpu`` (1 ms of CPU per record); ``io`` and ``aio`` (5 ms sleep, blocking or
 ``await asyncio.sleep``) on one partition with 1,000 keys. See ``bench/workloads.py``.
 
 This is a benchmark, not a test: goals are reported, not asserted. The exit code is 1 only when a run
@@ -115,15 +117,19 @@ class Workload:
     partitions: int
 
     def records(self, sizes: Sizes) -> int:
-        if self.name == "noop":
+        if self.name in ("noop", NOOP_OUT):
             return sizes.noop
         if self.name == "cpu":
             return sizes.cpu
         return sizes.io
 
 
+# The no-op handler returning its input to an output topic (issue #18), next to the no-op row.
+NOOP_OUT = "noop-out"
+
 WORKLOADS = (
     Workload("noop", "no-op, 4 partitions", 4),
+    Workload(NOOP_OUT, "no-op returning its input to an output topic (outputTopic), 4 partitions", 4),
     Workload("cpu", "1 ms CPU per record (busy loop), 4 partitions", 4),
     Workload("io", "5 ms blocking sleep per record (sync handler), 1 partition, 1,000 keys", 1),
     Workload("aio", "5 ms `await asyncio.sleep` per record (async handler), 1 partition, 1,000 keys", 1),
@@ -162,6 +168,11 @@ def all_contenders(key_mode: bool) -> list[Contender]:
 
 QUICK_CONTENDERS = {"raw", "sw-pool-2", "sw-static-2", "sw-key-2", "arroyo-run-task", "arroyo-mp-2", "quix"}
 PEER_NAMES = ("arroyo-run-task", f"arroyo-mp-{ARROYO_PROCESSES}", "quix")
+
+
+def applies(workload: str, contender: Contender) -> bool:
+    """Outputs are streamworker's feature: noop-out runs on its 2-worker contenders only."""
+    return workload != NOOP_OUT or (contender.kind == "streamworker" and contender.workers == 2)
 
 
 def default_runs(workload: str, contender: str) -> int:
@@ -325,6 +336,8 @@ WORKLOAD = os.environ.get("BENCH_WORKLOAD", "noop")
 LATENCY = os.environ.get("BENCH_LATENCY") == "1"
 recorder = workloads.Recorder.from_env()
 record = recorder.record
+# noop-out: the no-op handler whose return value goes to attributes.outputTopic.
+RETURN_INPUT = WORKLOAD == "noop-out"
 
 
 def timestamp_ms(event):
@@ -339,6 +352,12 @@ if WORKLOAD == "aio":
         record(timestamp_ms(event) if LATENCY else None)
         await work()
 
+elif RETURN_INPUT:
+
+    def handler(context, event):
+        record(timestamp_ms(event) if LATENCY else None)
+        return event.body
+
 else:
     work = workloads.sync_work(WORKLOAD)
 
@@ -349,7 +368,13 @@ else:
 
 
 def streamworker_config(
-    workdir: Path, bootstrap: str, topic: str, group: str, mode: str, workers: int
+    workdir: Path,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    mode: str,
+    workers: int,
+    output_topic: str | None = None,
 ) -> Path:
     """Write main.py and function.yaml (JSON is YAML) into *workdir*; return the config path."""
     (workdir / "main.py").write_text(HANDLER_SOURCE, encoding="utf-8")
@@ -369,6 +394,7 @@ def streamworker_config(
                         "initialOffset": "earliest",
                         "workerAllocationMode": mode,
                         **common.QUICK_PROFILE,
+                        **({"outputTopic": output_topic} if output_topic else {}),
                     },
                 }
             },
@@ -405,7 +431,13 @@ def launch(
         "STREAMWORKER_HEALTH_ADDR": "127.0.0.1:0",
     }
     if contender.kind == "streamworker":
-        config = streamworker_config(workdir, ctx.bootstrap, topic, group, contender.mode, contender.workers)
+        output_topic = None
+        if workload == NOOP_OUT:
+            output_topic = f"{topic}-out-{contender.name}"
+            create_topics(ctx.bootstrap, {output_topic: 4})
+        config = streamworker_config(
+            workdir, ctx.bootstrap, topic, group, contender.mode, contender.workers, output_topic
+        )
         cmd = (
             supervisor_cmd(config)
             if supervisor_cmd is not None
@@ -545,7 +577,7 @@ def throughput_run(ctx: Context, workload: Workload, contender: Contender, run: 
     )
     metrics: Metrics = {}
     try:
-        timeout = 120.0 + total / 200.0 if workload.name != "noop" else 180.0
+        timeout = 120.0 + total / 200.0 if workload.name not in ("noop", NOOP_OUT) else 180.0
         done = wait_committed(poller, end, running, timeout, f"{workload.name}/{contender.name}")
         metrics.update(memory_metrics(running.pid))
         metrics["foreign_cores"] = watch.foreign_cores(running.pid)
@@ -1042,7 +1074,11 @@ def run_all(ctx: Context) -> None:
     for workload in WORKLOADS:
         # Round robin over the contenders (run 1 of each, then run 2, ...), so that other work on the
         # machine, which comes and goes, does not fall on one contender's runs only.
-        chosen = [c for c in ctx.contenders if ctx.selected(f"throughput/{workload.name}/{c.name}")]
+        chosen = [
+            c
+            for c in ctx.contenders
+            if ctx.selected(f"throughput/{workload.name}/{c.name}") and applies(workload.name, c)
+        ]
         most = max((ctx.runs_for(workload.name, c.name) for c in chosen), default=0)
         for run in range(1, most + 1):
             for contender in chosen:
@@ -1053,7 +1089,11 @@ def run_all(ctx: Context) -> None:
     for workload in WORKLOADS:
         if ctx.quick and workload.name != "noop":
             continue
-        selected = [c for c in ctx.contenders if ctx.selected(f"latency/{workload.name}/{c.name}")]
+        selected = [
+            c
+            for c in ctx.contenders
+            if ctx.selected(f"latency/{workload.name}/{c.name}") and applies(workload.name, c)
+        ]
         if not selected:
             continue
         try:
@@ -1163,6 +1203,16 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
                 f"no-op, {mode} 2 workers >= {GOAL_NOOP_VS_PEERS:g} x every peer",
                 measured,
                 verdict(ratio, GOAL_NOOP_VS_PEERS),
+            )
+        )
+    for mode in modes:
+        plain, out = rate("noop", f"sw-{mode}-2"), rate(NOOP_OUT, f"sw-{mode}-2")
+        ratio = out / plain if plain and out is not None else None
+        rows.append(
+            (
+                f"no-op returning its input to an output topic, {mode} 2 workers, vs no-op (no goal)",
+                "-" if ratio is None else f"{ratio:.2f} x ({fmt_rate(out)} vs {fmt_rate(plain)})",
+                "-",
             )
         )
     for mode in modes:

@@ -33,6 +33,14 @@ Worker -> supervisor
     [DRAINED, request_id]
     [TERMINATED]
     [ACKS, [[topic, partition, offset], ...]]      explicit acks made by handlers
+    [OUTPUTS, [[topic, partition, offset, [output, ...]], ...]]
+                                                   records produced by handlers for these inputs
+                                                   (output = ``OUTPUT_FIELDS``). Always sent before
+                                                   the RESULTS (or ACKS) that report those inputs
+                                                   done, so the supervisor knows an input has
+                                                   outputs before it could count it done. Only
+                                                   inputs that produced something appear: records
+                                                   and runs without outputs cost nothing here.
 
 Plain tuples/lists are used on the hot path on purpose: building dataclasses per record would cost
 more than the whole pipe transfer.
@@ -69,6 +77,7 @@ class Msg(enum.IntEnum):
     DRAINED = 13
     TERMINATED = 14
     ACKS = 15
+    OUTPUTS = 16
 
 
 class Status(enum.IntEnum):
@@ -139,6 +148,11 @@ RUN_FIELDS = (
 )
 # How a worker tells a run from an event: an event has len(EVENT_FIELDS) + 1 elements.
 RUN_LENGTH = len(RUN_FIELDS)
+# An output a handler produced (see ``worker/outputs.py``): key bytes or None, value bytes, headers
+# [[name, bytes | None], ...] or None, partition an int or None (the partitioner picks).
+OUTPUT_FIELDS = ("topic", "key", "value", "headers", "partition")
+O_TOPIC, O_KEY, O_VALUE, O_HEADERS, O_PARTITION = range(len(OUTPUT_FIELDS))
+
 # Index of the duration summary in a run's result.
 RESULT_RUN_DURATIONS = 5
 
@@ -187,6 +201,12 @@ class WorkerInit:
     function_name: str
     decode_strings: bool
     log_level: str = "info"
+    # attributes.outputTopic / outputHeaders: where a handler's return value is produced.
+    output_topic: str | None = None
+    output_headers: str = "none"
+    # explicitAckMode (disable | enable | explicitOnly): which handled records stay open (their
+    # tasks may still produce for them) until acked: no-ack ones with enable, all with explicitOnly.
+    ack_mode: str = "disable"
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

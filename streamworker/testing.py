@@ -30,6 +30,10 @@ Decisions, all visible through the API:
   partition never delivers the same offset twice; an explicit offset moves the counter on from it.
   Without ``topic`` the trigger's first topic is used; without ``timestamp`` the current time.
 - The trigger is the config's first one unless ``trigger=`` names another.
+- ``context.platform.produce()`` and, with ``attributes.outputTopic``, non-None return values
+  are recorded in ``outputs`` (``Output``), in order, as the worker would send them; a call that
+  raises records nothing, as in a worker. Nothing is produced and nothing checks that a task's
+  record is still open.
 - Drain and termination callbacks run only when the test calls ``drain()`` / ``terminate()``; an
   exception in them propagates (a worker would log it and carry on).
 """
@@ -54,6 +58,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 from streamworker.config import FunctionConfig, LoadedConfig, TriggerConfig, load_config
 from streamworker.observability.logging import EVENT_FIELD_ALIAS
 from streamworker.worker.loader import LoadedHandler, load_handler
+from streamworker.worker.outputs import return_value_output
 from streamworker.worker.process import TASK_GRACE_S
 from streamworker.worker.sdk import (
     Context,
@@ -65,7 +70,7 @@ from streamworker.worker.sdk import (
     decode_strings_from_env,
 )
 
-__all__ = ["HandlerHarness", "HeaderValue", "Headers", "LogRecord", "Timestamp"]
+__all__ = ["HandlerHarness", "HeaderValue", "Headers", "LogRecord", "Output", "Timestamp"]
 
 T = TypeVar("T")
 
@@ -92,6 +97,22 @@ class LogRecord:
     level: str
     message: str
     fields: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record the handler produced (``produce()`` or its return value with outputTopic).
+
+    ``value`` and ``key`` are the bytes a worker would produce (str as UTF-8, dict/list as JSON);
+    ``partition`` None lets the producer pick; ``input`` is the id of the event that produced it.
+    """
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    partition: int | None
+    input: str
 
 
 def _capturing_logger(records: list[LogRecord], **bound: Any) -> FilteringBoundLogger:
@@ -245,6 +266,8 @@ class HandlerHarness:
         extra_env = dict(env or {})
         self.logs: list[LogRecord] = []
         self.acks: list[QualifiedOffset] = []
+        self.outputs: list[Output] = []
+        self._call_outputs: list[Output] | None = None  # outputs of the call running now
         self._next_offset: dict[tuple[str, int], int] = {}
         self._environment = _EnvironmentPatch()
         self._imports: _ImportScope | None = None
@@ -270,6 +293,7 @@ class HandlerHarness:
                 trigger=self._trigger_info,
                 function_name=self.config.name,
             )
+            self.context.platform.set_output_sink(self._record_output)
             code_dir = os.path.abspath(self.config.code_dir)
             self._imports = _ImportScope(code_dir, self.config.handler.module.split(".")[0])
             self._imports.enter()
@@ -369,9 +393,26 @@ class HandlerHarness:
         handler = self.loaded.handler
         logger = self.context.logger
         logger.current_event = event  # as the worker does: log lines carry the record's position
+        platform = self.context.platform
+        outputs: list[Output] = []
+        self._call_outputs = outputs
+
+        def call() -> Any:
+            platform.set_current_event(event)  # in the call's task: tasks it starts inherit it
+            return handler(self.context, event)
+
         try:
-            return self._run(self._call_maybe_async(lambda: handler(self.context, event)))
+            result = self._run(self._call_maybe_async(call))
+            topic = self.trigger.attributes.output_topic
+            if topic is not None and result is not None:
+                headers_mode = self.trigger.attributes.output_headers.value
+                output = return_value_output(result, event._w, topic, headers_mode)
+                if output is not None:
+                    self._record_output(event, output)
+            self.outputs.extend(outputs)
+            return result
         finally:
+            self._call_outputs = None
             logger.current_event = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -421,6 +462,13 @@ class HandlerHarness:
 
     def _record_ack(self, topic: str, partition: int, offset: int) -> None:
         self.acks.append(QualifiedOffset(topic, partition, offset))
+
+    def _record_output(self, event: Event, output: list[Any]) -> None:
+        topic, key, value, headers, partition = output
+        pairs = [(name, item) for name, item in headers] if headers else []
+        record = Output(topic, value, key, pairs, partition, event.id)
+        # During a call: kept until it returns (dropped if it raises); from a task later: at once.
+        (self.outputs if self._call_outputs is None else self._call_outputs).append(record)
 
     def _check_open(self, action: str) -> None:
         if self._closed:

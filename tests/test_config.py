@@ -1142,6 +1142,7 @@ def test_printed_defaults_parse_back_to_the_model_defaults() -> None:
 def test_enum_fields_list_their_choices() -> None:
     choices = {spec.key: spec.choices for spec in ATTRIBUTES.fields if spec.choices}
     assert choices == {
+        "outputHeaders": ("none", "copy"),
         "initialOffset": ("earliest", "latest"),
         "workerAllocationMode": ("pool", "static", "key"),
         "balanceStrategy": ("range", "roundrobin", "cooperative-sticky"),

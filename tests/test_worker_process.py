@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -63,6 +66,11 @@ def wire_event(
         "retry": retry,
     }
     return [values[name] for name in EVENT_FIELDS]
+
+
+def unread_bytes(pipe_fd: int) -> int:
+    """Bytes written to a pipe that its reader has not read yet (FIONREAD works on either end)."""
+    return struct.unpack("i", fcntl.ioctl(pipe_fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 class WorkerHarness:
@@ -419,6 +427,12 @@ def test_drain_runs_after_the_running_event_ahead_of_queued_ones(
         assert time.monotonic() < deadline, "event 0 never started"
         select.select([], [], [], 0.01)
     harness.send([Msg.DRAIN, 17])
+    # The worker's reader thread takes control frames off the pipe while the call runs; only a frame
+    # it has read can go ahead of the queued event (one still in the pipe when the call ends cannot).
+    deadline = time.monotonic() + 10
+    while unread_bytes(harness.to_worker):
+        assert time.monotonic() < deadline, "the worker never read the DRAIN frame"
+        select.select([], [], [], 0.01)
     flag.touch()
     results, _ = harness.results(1)
     assert statuses(results) == [(0, OK)]

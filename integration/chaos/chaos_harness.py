@@ -107,6 +107,8 @@ def handler(context, event):
         "start": time.time(),
     }
     write("start", fields)
+    # Sent only if this call returns; the verdict checks every committed record has it (issue #18).
+    context.platform.produce(event.topic + "-out", body["id"], key=event.key)
     for n in range(1, int(body.get("fail", 0)) + 1):
         if first_time(f"{body['id']}.fail{n}"):
             write("fail", fields)
@@ -180,6 +182,11 @@ LONG = Size("long", partitions=6, keys=24, rate=100.0, workers=2, settle_s=40.0,
 
 
 # -------------------------------------------------------------------------------------- function
+
+
+def output_topic(topic: str) -> str:
+    """Where the handler produces each record's id (the handler's ``event.topic + "-out"``)."""
+    return f"{topic}-out"
 
 
 def function_config(
@@ -354,6 +361,44 @@ class ChaosProducer(threading.Thread):
             # Pacing of the stream (not synchronisation): wait for the next send slot or a stop.
             self._stop_event.wait(max(0.0, next_at - time.monotonic()))
         self.unflushed = producer.flush(60)
+
+
+def read_output_ids(
+    bootstrap: str, topic: str, group: str, partitions: int, timeout: float = 60.0
+) -> list[str]:
+    """Every value of ``topic`` (record ids the handler returned), read to the end of each partition."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 100,
+            "log.connection.close": False,
+            **QUICK_CONSUMER_CONFIG,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        ids: list[str] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < partitions:
+            assert time.monotonic() < deadline, f"{topic}: end not reached in {timeout}s ({len(ids)} read)"
+            for message in consumer.consume(500, 0.2):
+                error = message.error()
+                if error is None:
+                    ids.append((message.value() or b"").decode())
+                    at_end.discard(message.partition() or 0)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition() or 0)
+                else:
+                    raise AssertionError(f"reading {topic}: {error}")
+        return ids
+    finally:
+        consumer.close()
 
 
 class CommitSampler(threading.Thread):

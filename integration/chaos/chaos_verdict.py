@@ -41,6 +41,10 @@ Definitions (per trigger, i.e. per topic and consumer group):
   owned by one instance the whole time (``ownership``, from the instances' assignment logs: a
   partition revoked from one member and not yet given to another counts as touched). Records flow
   steadily into every partition, so a long gap means an untouched partition waited.
+* **inputs committed without their outputs**: the handler produces the record's id to
+  ``<topic>-out``; a record whose offset a commit sample shows committed must have its id in that
+  topic (read after the run). Outputs are confirmed before their input is committed, so
+  this must be 0 (duplicates there are allowed: at-least-once).
 * **recovery**: from the incident's start until the last record produced after it with a latency
   (first completion minus production) above ``LAG_OK_S``, and every late record before it, completed,
   looking only at records produced before the next incident. ``>`` marks an incident the pipeline had
@@ -164,6 +168,8 @@ class TriggerVerdict:
     hang_released_s: float = 0.0  # longest time from a hang to the next attempt of that record
     incidents: dict[int, IncidentStats] = field(default_factory=dict)
     clusters: list[tuple[list[int], int, int]] = field(default_factory=list)  # (incidents, dups, window)
+    outputs_checked: bool = False  # the run read the output topic
+    committed_without_outputs: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -180,6 +186,7 @@ class TriggerVerdict:
             (f"per-{self.order_scope} order violations among first deliveries", self.order_violations),
             ("poison records", self.poison),
             ("hanging records", self.hang),
+            ("inputs committed without their outputs", self.committed_without_outputs),
         ):
             if items:
                 shown = "; ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
@@ -215,6 +222,8 @@ class RunRecord:
     incidents: list[Incident]
     ownership: dict[str, dict[int, list[tuple[float, str | None]]]]  # topic -> partition -> timeline
     tenures: dict[str, list[Tenure]] = field(default_factory=dict)  # topic -> who held what when
+    # topic -> the record ids found in its output topic after the run (absent: not checked)
+    outputs: dict[str, list[str]] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         with open(folder / "produced.jsonl", "w", encoding="utf-8") as fh:
@@ -235,6 +244,7 @@ class RunRecord:
             "incidents": [asdict(i) for i in self.incidents],
             "ownership": self.ownership,
             "tenures": {topic: [asdict(t) for t in items] for topic, items in self.tenures.items()},
+            "outputs": self.outputs,
         }
         (folder / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -267,6 +277,7 @@ class RunRecord:
             tenures={
                 topic: [Tenure(**raw) for raw in items] for topic, items in meta.get("tenures", {}).items()
             },
+            outputs=meta.get("outputs", {}),
         )
 
 
@@ -286,12 +297,26 @@ def judge(run: RunRecord, entries: Sequence[Entry]) -> list[TriggerVerdict]:
             event_timeout=run.event_timeout,
             ownership=run.ownership.get(topic, {}),
             tenures=run.tenures.get(topic),
+            outputs=run.outputs.get(topic),
         )
         for name, (mode, topic) in run.triggers.items()
     ]
 
 
 # ------------------------------------------------------------------------------------------- analysis
+
+
+def committed_without_outputs(
+    produced: Sequence[Produced], samples: Sequence[CommitSample], topic: str, outputs: Iterable[str]
+) -> list[str]:
+    """Records some commit sample shows committed whose id is not in the output topic."""
+    committed: dict[int, int] = {}
+    for sample in samples:
+        if sample.topic == topic:
+            for partition, offset in sample.offsets.items():
+                committed[partition] = max(committed.get(partition, 0), offset)
+    seen = set(outputs)
+    return sorted(r.id for r in produced if r.offset < committed.get(r.partition, 0) and r.id not in seen)
 
 
 def first_ends(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
@@ -502,9 +527,13 @@ def analyse(
     event_timeout: float,
     ownership: Mapping[int, Timeline],
     tenures: Sequence[Tenure] | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> TriggerVerdict:
     """Everything the verdict table shows for one trigger."""
     verdict = TriggerVerdict(trigger=trigger, topic=topic, mode=mode, produced=len(produced))
+    if outputs is not None:
+        verdict.outputs_checked = True
+        verdict.committed_without_outputs = committed_without_outputs(produced, samples, topic, outputs)
     verdict.order_scope = "key" if mode == "key" else "partition"
     mine = [e for e in entries if e.get("topic") == topic]
     by_id = {r.id: r for r in produced}
@@ -775,6 +804,10 @@ def render(
         ("  in the mixed phase", [_worst(v, incidents, True, "stall") for v in verdicts]),
         ("max time to recover", [_worst(v, incidents, False, "recovery") for v in verdicts]),
         ("  in the mixed phase", [_worst(v, incidents, True, "recovery") for v in verdicts]),
+        (
+            "inputs committed w/o outputs (must be 0)",
+            [str(len(v.committed_without_outputs)) if v.outputs_checked else "-" for v in verdicts],
+        ),
     ]
     label_width = max(len(label) for label, _ in rows) + 2
     lines = [title, "", " " * label_width + "".join(n.rjust(width) for n in names)]

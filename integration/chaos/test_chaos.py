@@ -36,7 +36,9 @@ from chaos_harness import (
     end_offsets_of,
     function_config,
     make_schedule,
+    output_topic,
     ownership,
+    read_output_ids,
     session_losses,
     tenures,
     wait_all_committed,
@@ -108,7 +110,7 @@ def test_chaos_nothing_lost(
     size = LONG if LONG_RUN else SHORT
     triggers = {mode: (mode, unique(f"chaos-{mode}"), unique(f"group-{mode}")) for mode in modes()}
     topics = {topic: mode for mode, (_, topic, _) in triggers.items()}
-    create_topics(broker_bootstrap, dict.fromkeys(topics, size.partitions))
+    create_topics(broker_bootstrap, dict.fromkeys([*topics, *map(output_topic, topics)], size.partitions))
     ledger_path = tmp_path / "ledger.jsonl"
     phases = make_schedule(SEED, LONG_RUN)
     print(
@@ -196,6 +198,10 @@ def test_chaos_nothing_lost(
         incidents=result.incidents,
         ownership=ownership(fleet.members, {mode: topic for mode, (_, topic, _) in triggers.items()}),
         tenures=tenures(fleet.members, {mode: topic for mode, (_, topic, _) in triggers.items()}),
+        outputs={
+            topic: read_output_ids(broker_bootstrap, output_topic(topic), unique("outputs"), size.partitions)
+            for topic in topics
+        },
     )
     run.save(tmp_path)
     verdicts = judge(run, ledger.entries)

@@ -92,6 +92,18 @@ def verdict(
     )
 
 
+_ARGS: dict[str, Any] = {
+    "trigger": "pool",
+    "topic": TOPIC,
+    "mode": "pool",
+    "incidents": [],
+    "run_end": T0 + 6,
+    "partitions": range(2),
+    "event_timeout": 2.0,
+    "ownership": {0: [(T0 - 1, "A1")], 1: [(T0 - 1, "A1")]},
+}
+
+
 def incident(number: int, kind: str, start: float, end: float | None = None, **kwargs: Any) -> Incident:
     return Incident(number, kind, "single", start, start if end is None else end, kind, **kwargs)
 
@@ -101,6 +113,43 @@ def test_a_clean_run_has_no_problems() -> None:
     v = verdict(records, handled(records))
     assert v.problems() == []
     assert (v.produced, v.handled, v.duplicates) == (40, 40, 0)
+
+
+def test_a_committed_input_missing_from_the_output_topic_is_reported() -> None:
+    records = produced(10)
+    # Committed: partition 0 up to offset 4 (all five of its records), partition 1 up to 3.
+    samples = [CommitSample(T0 + 3, TOPIC, {0: 2, 1: 1}), CommitSample(T0 + 4, TOPIC, {0: 5, 1: 3})]
+    outputs = [r.id for r in records if r.id != "r003"] + ["r001"]  # r001 twice: at-least-once is fine
+    v = analyse(
+        trigger="pool",
+        topic=TOPIC,
+        mode="pool",
+        produced=records,
+        entries=handled(records),
+        samples=samples,
+        incidents=[],
+        run_end=T0 + 6,
+        partitions=range(2),
+        event_timeout=2.0,
+        ownership={0: [(T0 - 1, "A1")], 1: [(T0 - 1, "A1")]},
+        outputs=outputs,
+    )
+    assert v.committed_without_outputs == ["r003"]
+    assert any("1 inputs committed without their outputs: r003" in p for p in v.problems())
+    table = render([v], [], title="t", t0=T0)
+    assert "inputs committed w/o outputs (must be 0)" in table
+    # r009 (partition 1, offset 4) has no output but is not committed: not a problem.
+    missing = analyse(
+        **{
+            **_ARGS,
+            "produced": records,
+            "entries": handled(records),
+            "samples": samples,
+            "outputs": [r.id for r in records if r.id != "r009"],
+        }
+    )
+    assert missing.committed_without_outputs == []
+    assert verdict(records, handled(records)).outputs_checked is False
 
 
 def test_a_record_never_handled_is_lost() -> None:

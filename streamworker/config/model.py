@@ -38,6 +38,13 @@ class ExplicitAckMode(enum.StrEnum):
     EXPLICIT_ONLY = "explicitOnly"  # only context.platform.explicit_ack marks a record done
 
 
+class OutputHeaders(enum.StrEnum):
+    """Which input headers a return-value output (outputTopic) carries."""
+
+    NONE = "none"
+    COPY = "copy"
+
+
 class BalanceStrategy(enum.StrEnum):
     """librdkafka's partition.assignment.strategy."""
 
@@ -177,6 +184,8 @@ class KafkaAttributes:
     static_membership: bool = False
     dead_letter_topic: str | None = None
     on_error: OnError | None = None  # None: deadletter when deadLetterTopic is set, else stop
+    output_topic: str | None = None  # where handlers' return values are produced (docs/outputs.md)
+    output_headers: OutputHeaders = OutputHeaders.NONE
     max_retries: int = 3
     retry_backoff: float = 0.5
     retry_max_backoff: float = 30.0

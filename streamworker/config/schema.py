@@ -31,6 +31,7 @@ from .model import (
     InitialOffset,
     KafkaAttributes,
     OnError,
+    OutputHeaders,
     SaslMechanism,
     StaticMapping,
     is_pem,
@@ -929,6 +930,21 @@ ATTRIBUTES = SectionSpec(
             "logged and counted).",
             choices=tuple(member.value for member in OnError),
             default_text="deadletter if deadLetterTopic is set, else stop",
+        ),
+        FieldSpec(
+            "outputTopic",
+            "output_topic",
+            parse_string,
+            "Topic that receives each handler's non-None return value (bytes, str, dict/list as JSON, "
+            "or a Response's body) with the input's key. An input is committed only once its outputs "
+            "are acknowledged by the broker; see docs/outputs.md.",
+            default_text="none",
+        ),
+        _enum_attribute(
+            "outputHeaders",
+            "output_headers",
+            enum_parser(OutputHeaders),
+            "Headers of a return-value output: copy (the input's headers) or none.",
         ),
         _attribute(
             "maxRetries",

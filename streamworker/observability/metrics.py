@@ -288,3 +288,33 @@ class _SnapshotCollector(Collector):
             buckets, total = histogram.cumulative()
             durations.add_metric([trigger], buckets, sum_value=total)
         yield durations
+        yield from _output_metrics(snapshots)
+
+
+def _output_metrics(snapshots: Mapping[str, TriggerSnapshot]) -> Iterator[Metric]:
+    """Records handlers produced (docs/outputs.md): counts by result, delivery latency."""
+    outputs = CounterMetricFamily(
+        "streamworker_outputs",
+        "Outputs produced for handlers, by output topic and result: delivered (acknowledged by the "
+        "broker) or failed (the input's attempt failed).",
+        labels=["trigger", "topic", "result"],
+    )
+    latency = HistogramMetricFamily(
+        "streamworker_output_delivery_seconds",
+        "Time from producing an output to its delivery report.",
+        labels=["trigger"],
+    )
+    for trigger in sorted(snapshots):
+        snap = snapshots[trigger]
+        for (topic, result), count in sorted(snap.outputs.items()):
+            outputs.add_metric([trigger, topic, result], count)
+        counts, total = snap.output_latency
+        if counts:
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*map(repr, DURATION_BUCKETS), "+Inf"), counts, strict=True):
+                running += count
+                buckets.append((bound, running))
+            latency.add_metric([trigger], buckets, sum_value=total)
+    yield outputs
+    yield latency

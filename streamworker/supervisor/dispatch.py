@@ -51,6 +51,7 @@ from streamworker.protocol import (
     Status,
 )
 from streamworker.supervisor.offsets import PartitionOffsets
+from streamworker.supervisor.outputs import PendingOutputs
 
 Record = list[Any]
 _OK, _DEFERRED, _NO_ACK = int(Status.OK), int(Status.DEFERRED), int(Status.NO_ACK)
@@ -207,8 +208,8 @@ class Run:
         self.size = head_size
         return rest
 
-    def records(self, start: int = 0) -> list[Record]:
-        """Records ``start``.. as wire records (the per-record path), carrying this run's seq."""
+    def records(self, start: int = 0, stop: int | None = None) -> list[Record]:
+        """Records ``start``..``stop`` as wire records (the per-record path), carrying this run's seq."""
         topic, partition, lane, seq = self.topic, self.partition, self.lane, self.seq
         keys, values = self.keys, self.values
 
@@ -227,7 +228,7 @@ class Run:
                 False,
                 record_size(keys[i], values[i]),
             ]
-            for i in range(start, len(self.offsets))
+            for i in range(start, len(self.offsets) if stop is None else stop)
         ]
 
 
@@ -312,6 +313,7 @@ class PartitionState:
         "key_lanes",
         "lanes",
         "offsets",
+        "outputs",
         "paused",
         "revoking",
         "rewind_to",
@@ -334,6 +336,8 @@ class PartitionState:
         self.key_lanes: dict[bytes | None, Lane] = {}
         # onError: stop hit this partition: nothing more is dispatched until restart.
         self.stopped = False
+        # Inputs with outputs not confirmed yet (offset -> them): not done until they are.
+        self.outputs: dict[int, PendingOutputs] = {}
         # First offset dropped because the buffer was full: fetch again from here on resume.
         self.rewind_to: int | None = None
         # Explicit acks: handled records waiting for their ack, and acks that came first.
@@ -395,6 +399,11 @@ class Dispatcher:
         self.outcomes: dict[tuple[str, str], int] = {}
         self._next_seq = 0
         self._next_lane = 0
+        # Failed attempts found by output delivery reports, for the runner to take and carry out.
+        self._output_failures: list[Failure] = []
+        # The clock as of the last completion or delivery report, for retries decided where no
+        # ``now`` is passed (an explicit ack finishing a record whose output failed earlier).
+        self._now = 0.0
 
     # -- assignment -------------------------------------------------------------------------
     def assign(self, tps: Iterable[TopicPartition]) -> None:
@@ -822,6 +831,7 @@ class Dispatcher:
         slot = self._workers[wid]
         failures: list[Failure] = []
         touched: list[Lane] = []
+        self._now = now
         ack_mode = self.settings.ack_mode
         explicit_only = ack_mode is ExplicitAckMode.EXPLICIT_ONLY
         outstanding = slot.outstanding
@@ -850,7 +860,7 @@ class Dispatcher:
             lane = lanes[record[F_LANE]]
             lane.inflight -= 1
             status = result[1]
-            if status == _OK and not explicit_only:
+            if status == _OK and not explicit_only and not lane.partition.outputs:
                 # The hot path, inlined: _finish without its per-record outcome count.
                 state = lane.partition
                 if suspects:
@@ -860,6 +870,8 @@ class Dispatcher:
                 state.buffered_bytes -= size
                 topic = record[F_TOPIC]
                 done_by_topic[topic] = done_by_topic.get(topic, 0) + 1
+            elif status == _OK and not explicit_only:
+                self._finish(lane.partition, record)  # waits for its outputs, if it has any
             elif status == _OK:
                 self._await_ack(lane.partition, record, now)
             elif status == _DEFERRED:
@@ -908,10 +920,14 @@ class Dispatcher:
         if count:
             start = run.done
             run.done = start + count
-            state.offsets.done_many(run.offsets[start : start + count])
-            state.buffered -= count
+            if state.outputs:
+                finished = self._run_done_with_outputs(state, run, start, count)
+            else:
+                finished = count
+                state.offsets.done_many(run.offsets[start : start + count])
+                state.buffered -= count
             slot.outstanding_events -= count
-            done_by_topic[run.topic] = done_by_topic.get(run.topic, 0) + count
+            done_by_topic[run.topic] = done_by_topic.get(run.topic, 0) + finished
         if status == _PROGRESS:
             return
         self._drop_outstanding(slot, seq)
@@ -1026,6 +1042,8 @@ class Dispatcher:
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     def _finish(self, state: PartitionState, record: Record, result: str = "success") -> None:
+        if state.outputs and result == "success" and self._held_for_outputs(state, record):
+            return
         self._count(record[F_TOPIC], result)
         if self._suspects:
             self._suspects.discard((record[F_TOPIC], record[F_PARTITION], record[F_OFFSET]))
@@ -1057,6 +1075,98 @@ class Dispatcher:
             lane.parked = record
             self._to_dead_letter.append((record, error_type, message))
         return Failure(record, error_type, message, action.value)
+
+    # -- outputs (see supervisor/outputs.py) ----------------------------------------------------
+    def outputs_sent(
+        self, tp: TopicPartition, offset: int, outputs: list[list[Any]]
+    ) -> PendingOutputs | None:
+        """The input at ``offset`` produced ``outputs``: it is not done before they are confirmed.
+
+        Their bytes count against the partition's buffer until then, so a slow output topic pauses
+        input. None when the partition is not ours: the outputs are still produced (at-least-once),
+        but nothing waits for them.
+        """
+        state = self._partitions.get(tp)
+        if state is None:
+            return None
+        pending = state.outputs.get(offset)
+        if pending is None:
+            pending = state.outputs[offset] = PendingOutputs(state, offset)
+        state.buffered_bytes += pending.sent(outputs)
+        return pending
+
+    def output_delivered(self, pending: PendingOutputs, size: int, error: str | None, now: float) -> None:
+        """One output's delivery report. The input finishes (or fails) once all of its are in."""
+        state = pending.owner
+        if not isinstance(state, PartitionState) or self._partitions.get(state.tp) is not state:
+            return  # revoked meanwhile
+        if state.outputs.get(pending.offset) is not pending:
+            return
+        self._now = now
+        state.buffered_bytes -= size
+        if not pending.delivered(size, error):
+            return
+        record = pending.record
+        if record is None:
+            # The input's result is not in yet; a failure waits for it (``_held_for_outputs``).
+            if pending.error is None:
+                del state.outputs[pending.offset]
+            return
+        pending.record = None
+        del state.outputs[pending.offset]
+        if pending.error is None:
+            self._finish(state, record)
+        else:
+            self._fail_for_outputs(state, record, pending.error)
+
+    def take_output_failures(self) -> list[Failure]:
+        """Inputs whose outputs failed, with what the failure policy decided for them."""
+        taken, self._output_failures = self._output_failures, []
+        return taken
+
+    def _held_for_outputs(self, state: PartitionState, record: Record) -> bool:
+        """``record`` ran fine. True if it is not done: outputs in flight, or one failed."""
+        offset = record[F_OFFSET]
+        pending = state.outputs.get(offset)
+        if pending is None:
+            return False
+        if pending.in_flight:
+            pending.record = record
+            return True
+        del state.outputs[offset]
+        if pending.error is None:
+            return False
+        self._fail_for_outputs(state, record, pending.error)
+        return True
+
+    def _fail_for_outputs(self, state: PartitionState, record: Record, error: str) -> None:
+        """An output of ``record`` failed: a failed attempt of the record, like a handler error."""
+        lane = self._lanes.get(record[F_LANE])
+        if lane is None:  # a key lane dropped while its record waited for outputs
+            lane = self._key_lane(state, record[F_KEY])
+            record[F_LANE] = lane.id
+        failure = self._fail(lane, record, "OutputDeliveryError", error, self._now)
+        self._output_failures.append(failure)
+        if lane.inflight == 0:
+            self._settle(lane)
+
+    def _run_done_with_outputs(self, state: PartitionState, run: Run, start: int, count: int) -> int:
+        """Records ``start``.. of a run finished; those with outputs in flight wait for them as
+        single records. Returns how many are done."""
+        outputs = state.outputs
+        done: list[int] = []
+        for record in run.records(start, start + count):
+            offset = record[F_OFFSET]
+            if offset in outputs:
+                # The run's bytes leave the buffer with the run; a waiting record keeps its own.
+                state.buffered_bytes += record[F_SIZE]
+                if self._held_for_outputs(state, record):
+                    continue
+                state.buffered_bytes -= record[F_SIZE]
+            done.append(offset)
+        state.offsets.done_many(done)
+        state.buffered -= len(done)
+        return len(done)
 
     def take_dead_letters(self) -> list[tuple[Record, str, str]]:
         """Records to produce to the dead-letter topic now: (record, error type, error message)."""

@@ -40,6 +40,10 @@ class TriggerSnapshot:
     outcomes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (topic, result) -> n
     rebalances: Mapping[str, int] = field(default_factory=dict)  # assign / revoke / lost -> n
     worker_restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> n
+    # Outputs produced for handlers: (topic, delivered|failed) -> n, and delivery latency as
+    # (counts per protocol.DURATION_BUCKETS bucket, total seconds).
+    outputs: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    output_latency: tuple[Sequence[int], float] = ((), 0.0)
     stopping: bool = False
     # Set when the trigger failed for good (a fatal client error...): not live, whatever else holds.
     failed: str | None = None

@@ -50,6 +50,8 @@ from streamworker.supervisor.dispatch import (
     record_size,
 )
 from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
+from streamworker.supervisor.outputs import MESSAGE_TIMEOUT_MS as OUTPUT_MESSAGE_TIMEOUT_MS
+from streamworker.supervisor.outputs import OutputSink, OutputStats, PendingOutputs
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
 from streamworker.worker.sdk import decode_strings_from_env
 
@@ -59,6 +61,8 @@ TP = tuple[str, int]
 IDLE_POLL_SECONDS = 0.1
 # How long to wait on worker pipes when workers are busy and Kafka gave nothing.
 BUSY_WAIT_SECONDS = 0.005
+# With workers idle but outputs awaiting delivery reports: how long consume() may block.
+OUTPUT_POLL_SECONDS = 0.01
 CONSUME_BATCH = 1000
 COMMIT_INTERVAL_SECONDS = 1.0
 # No results for this long means the worker's head event is the one running (see _on_worker_gone).
@@ -168,6 +172,10 @@ class TriggerRunner:
         topics = self.attrs.topics
         self._only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") else None
         self.dead_letters: DeadLetterSink | None = None
+        # Handlers' outputs (docs/outputs.md): the producer starts with the first output.
+        self.outputs: OutputSink | None = None
+        self.output_stats = OutputStats()
+        self._producer_base: dict[str, Any] = {}
         self.seats = [WorkerSeat(i) for i in range(trigger.num_workers)]
         self.selector = selectors.DefaultSelector()
         self.consumer: Consumer | None = None
@@ -195,6 +203,9 @@ class TriggerRunner:
             function_name=self.function.name,
             decode_strings=decode_strings_from_env(self.env),
             log_level=self.options.log_level,
+            output_topic=self.attrs.output_topic,
+            output_headers=self.attrs.output_headers.value,
+            ack_mode=self.trigger.explicit_ack_mode.value,
         )
 
     def _spawn(self, seat: WorkerSeat) -> None:
@@ -290,6 +301,8 @@ class TriggerRunner:
                 process.terminated = True
             elif kind == Msg.ACKS:
                 self._on_acks(message[1])
+            elif kind == Msg.OUTPUTS:
+                self._on_outputs(message[1])
 
     def _pump(self, timeout: float) -> None:
         """Read and apply whatever the workers sent, waiting at most ``timeout`` for the first frame."""
@@ -412,6 +425,57 @@ class TriggerRunner:
                     retry_in_s=round(delivery.retry_in, 3),
                 )
 
+    # -- outputs ----------------------------------------------------------------------------
+    def _on_outputs(self, items: list[list[Any]]) -> None:
+        """Produce what handlers produced; each input waits for its outputs (``Dispatcher``)."""
+        sink = self.outputs
+        if sink is None:
+            client_id = f"streamworker-{self.function.name}-{self.trigger.name}-outputs"
+            settings = {
+                **producer_settings(self._producer_base, client_id),
+                "message.timeout.ms": OUTPUT_MESSAGE_TIMEOUT_MS,
+            }
+            sink = self.outputs = OutputSink(
+                settings,
+                on_replaced=lambda reason: self.log.error(
+                    "output producer failed fatally; replaced it, its outputs in flight are retried",
+                    error=reason,
+                ),
+            )
+        for topic, partition, offset, outputs in items:
+            pending = self.dispatcher.outputs_sent((topic, partition), offset, outputs)
+            # Not ours any more: produced all the same (at-least-once), nothing waits for them.
+            sink.send(pending or PendingOutputs(None, offset), outputs)
+
+    def _serve_outputs(self, now: float) -> None:
+        """Apply output delivery reports; carry out the failed attempts they caused."""
+        sink = self.outputs
+        if sink is None:
+            return
+        reports = sink.poll()
+        if reports:
+            dispatcher = self.dispatcher
+            for report in reports:
+                dispatcher.output_delivered(report.pending, report.size, report.error, now)
+                if report.error is not None:
+                    self.log.warning(
+                        "output delivery failed",
+                        output_topic=report.topic,
+                        offset=report.pending.offset,
+                        error=report.error,
+                    )
+            self.output_stats.record(reports)
+        for failure in self.dispatcher.take_output_failures():
+            self._on_failure(failure)
+
+    def _settle_outputs(self, deadline: float) -> None:
+        """Before a final commit: wait (bounded) for outputs in flight, so their inputs count."""
+        sink = self.outputs
+        while sink is not None and sink.in_flight and time.monotonic() < deadline:
+            self._pump(0.005)
+            self._serve_outputs(time.monotonic())
+        self._serve_outputs(time.monotonic())
+
     def _on_acks(self, acks: list[list[Any]]) -> None:
         for topic, partition, offset in acks:
             if not self.dispatcher.ack(topic, partition, offset):
@@ -434,6 +498,7 @@ class TriggerRunner:
                 producer_settings(settings, f"streamworker-{self.function.name}-{self.trigger.name}-dlq"),
                 self._retry_backoff,
             )
+        self._producer_base = dict(settings)
         settings["error_cb"] = self._on_kafka_error
         settings["on_commit"] = self._on_commit
         settings["logger"] = _librdkafka_logger(self._client_log)
@@ -512,6 +577,8 @@ class TriggerRunner:
             )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        # Outputs still in flight decide whether their inputs are in the commit below.
+        self._settle_outputs(max(deadline, time.monotonic() + 1.0))
         # Drain callbacks get what is left of the wait, and at least a second even when handlers used it all.
         drained, late = self._drain(
             self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0)
@@ -625,6 +692,8 @@ class TriggerRunner:
                 outcomes=dict(self.dispatcher.outcomes),
                 rebalances=dict(self._rebalances),
                 worker_restarts=dict(self._restarts),
+                outputs=dict(self.output_stats.counts),
+                output_latency=(tuple(self.output_stats.latency_counts), self.output_stats.latency_total),
                 stopping=self._stopping,
                 failed=self._fatal_error,
             )
@@ -828,6 +897,8 @@ class TriggerRunner:
             now = time.monotonic()
             if self.dead_letters is not None:
                 self._serve_dead_letters(now)
+            if self.outputs is not None:
+                self._serve_outputs(now)
             self._dispatch(now)
             self._flush_writers()
             self._last_loop_at = now
@@ -852,6 +923,9 @@ class TriggerRunner:
     def _idle_timeout(self, now: float) -> float:
         """How long ``consume`` may block with no worker busy: until the next retry is due, at most."""
         due = self.dispatcher.next_retry_at(now)
+        if self.outputs is not None and self.outputs.in_flight:
+            # Delivery reports are served by this loop: their inputs commit once they arrive.
+            due = min(due, now + OUTPUT_POLL_SECONDS) if due is not None else now + OUTPUT_POLL_SECONDS
         if due is None:
             # Runnable lanes that are not waiting for a backoff are either dispatched already or
             # blocked (stopped partition, dead-letter pending, workers restarting): nothing to hurry.
@@ -882,6 +956,11 @@ class TriggerRunner:
             )
         if stuck:
             self._wait_for_exit(stuck, time.monotonic() + 5.0)
+        # Outputs first: their delivery reports decide whether their inputs are committed, and a
+        # failed one may still become a dead letter below. What is left after that is not waited for.
+        self._settle_outputs(started + budget)
+        if self.outputs is not None:
+            self.outputs.close(1.0)
         sink = self.dead_letters
         if sink is not None:
             # Dead-letter copies already on their way: their delivery reports decide whether the

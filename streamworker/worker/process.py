@@ -26,8 +26,11 @@ from typing import Any
 from streamworker.observability.logging import bind_call_context, configure_logging, get_logger
 from streamworker.protocol import (
     F_LANE,
+    F_OFFSET,
+    F_PARTITION,
     F_RETRY,
     F_SEQ,
+    F_TOPIC,
     R_OFFSETS,
     R_PARTITION,
     R_RETRY,
@@ -177,6 +180,19 @@ class Worker:
         # Explicit acks; a handler may make them from its own threads, hence the lock.
         self._acks: list[list[Any]] = []
         self._acks_lock = threading.Lock()
+        # Outputs ([topic, partition, offset, [output, ...]] per input), sent before the results
+        # that report their inputs done. A deque for the same reason as ``_results``.
+        self._outputs: deque[list[Any]] = deque()
+        # Outputs of the record being handled (``_handling``); dropped if its handler raises.
+        self._record_outputs: list[list[Any]] = []
+        self._handling: Any = None
+        # Records that returned no-ack and are not acked yet: tasks may still produce for them.
+        self._open: set[tuple[str, int, int]] = set()
+        self._output_topic: str | None = None
+        self._output_headers = "none"
+        # Which handled records stay open until acked: no-ack ones (enable), all (explicitOnly).
+        self._open_no_ack = False
+        self._open_all = False
         # Lanes in which an event failed here: later events of the lane are DEFERRED until the
         # supervisor re-sends the failed one with retry=True.
         self._held: set[Any] = set()
@@ -313,6 +329,12 @@ class Worker:
                 parts.append(encode([Msg.ACKS, acks]))
             if tail:
                 parts.append(tail)
+            if self._outputs:
+                # Taken last and sent first: a record's outputs are queued before its result or
+                # ack, so every result and ack above has its outputs in this write (or an earlier one).
+                outputs = self._outputs
+                take = outputs.popleft
+                parts.insert(0, encode([Msg.OUTPUTS, [take() for _ in range(len(outputs))]]))
             if parts:
                 self._write(parts[0] if len(parts) == 1 else b"".join(parts))
             self._last_flush = time.perf_counter()
@@ -331,7 +353,7 @@ class Worker:
         def flush_periodically() -> None:
             while True:
                 time.sleep(FLUSH_INTERVAL_S)
-                if (self._results or self._acks or self._run_progressed()) and (
+                if (self._results or self._acks or self._outputs or self._run_progressed()) and (
                     time.perf_counter() - self._last_flush >= FLUSH_INTERVAL_S
                 ):
                     try:
@@ -346,10 +368,30 @@ class Worker:
         run = self._run_active
         return run is not None and len(run[2]) > run[1]
 
+    def _on_output(self, event: Any, output: list[Any]) -> None:
+        """``context.platform.produce()``: tie the output to its record (see ``Platform.produce``)."""
+        if event is self._handling:
+            self._record_outputs.append(output)
+            return
+        where = (event.topic, event.partition, event.offset)
+        if where not in self._open:
+            raise RuntimeError(
+                f"record {event.id} is done (handled and acknowledged): an output produced now could "
+                "not delay its commit; produce while the handler runs, or before the explicit ack"
+            )
+        # A task of a no-ack record: send at once; it goes out before any later ack of the record.
+        self._outputs.append([*where, [output]])
+        self._wake()
+
     def _queue_ack(self, topic: str, partition: int, offset: int) -> None:
+        if self._open:
+            self._open.discard((topic, partition, offset))
         with self._acks_lock:
             self._acks.append([topic, partition, offset])
-        # An ack made by a background task while idle must not wait for the next event.
+        self._wake()
+
+    def _wake(self) -> None:
+        # An ack or output made by a background task while idle must not wait for the next event.
         if self._loop is None or self._wakeup is None:
             return
         if threading.get_ident() == self._loop_thread:
@@ -418,6 +460,12 @@ class Worker:
                 trigger=self.trigger,
                 function_name=init.function_name,
             )
+            # Outputs (docs/outputs.md): where produce() goes, what a return value becomes.
+            self.context.platform.set_output_sink(self._on_output)
+            self._output_topic = init.output_topic
+            self._output_headers = init.output_headers
+            self._open_no_ack = init.ack_mode != "disable"
+            self._open_all = init.ack_mode == "explicitOnly"
         except HandlerLoadError as exc:
             self._init_failed("HandlerLoadError", str(exc), exc)
             return False
@@ -461,11 +509,13 @@ class Worker:
         perf = time.perf_counter
         isawaitable = inspect.isawaitable
         sleep = asyncio.sleep
+        set_current_event = context.platform.set_current_event
+        output_topic = self._output_topic
         last_flush = perf()
 
         while True:
             if not inbox:
-                if results or self._acks:
+                if results or self._acks or self._outputs:
                     self._flush()
                 if self._eof:
                     return self._eof_exit_code()
@@ -505,6 +555,8 @@ class Worker:
 
             event = Event(item, trigger, decode)
             logger.current_event = event
+            self._handling = event
+            set_current_event(event)
             t0 = perf()
             try:
                 result = handler(context, event)
@@ -512,6 +564,12 @@ class Worker:
                     result = await result
                 t1 = perf()
                 status = _NO_ACK if result is not None and is_no_ack(result) else _OK
+                if result is not None and output_topic is not None:
+                    self._return_output(result, item, output_topic)
+                if self._record_outputs:
+                    self._outputs_done(item[F_TOPIC], item[F_PARTITION], item[F_OFFSET])
+                if self._open_all or (status == _NO_ACK and self._open_no_ack):
+                    self._open.add((item[F_TOPIC], item[F_PARTITION], item[F_OFFSET]))
                 results.append([item[F_SEQ], status, t1 - t0, None, None])
             except Exception as exc:
                 t1 = perf()
@@ -523,6 +581,9 @@ class Worker:
                 t1 = perf()
                 self._handler_failed(item, lane, event, exc, t1 - t0)
             logger.current_event = None
+            self._handling = None
+            if self._record_outputs:
+                self._record_outputs = []  # of a failed call: not produced (see docs/outputs.md)
 
             if t1 - last_flush >= FLUSH_INTERVAL_S or len(results) >= FLUSH_MAX_RESULTS:
                 self._flush()
@@ -552,6 +613,8 @@ class Worker:
             return None
         handler = self.loaded.handler
         context = self.context
+        set_current_event = context.platform.set_current_event
+        output_topic = self._output_topic
         logger = context.logger
         trigger = self.trigger
         decode = self.decode_strings
@@ -574,11 +637,18 @@ class Worker:
             wire += (headers[index], stamp if stamp >= 0 else None, 1, False)
             event = Event(wire, trigger, decode)
             logger.current_event = event
+            self._handling = event
+            set_current_event(event)
             t0 = perf()
             try:
                 result = handler(context, event)
                 if result is not None and isawaitable(result):
-                    await result
+                    result = await result
+                if result is not None and output_topic is not None:
+                    self._return_output(result, wire, output_topic)
+                if self._record_outputs:
+                    # Queued before the duration that reports the record done (see ``_flush``).
+                    self._outputs_done(topic, partition, offsets[index])
                 # acks are not explicit for runs: a no-ack response means nothing.
                 durations.append(perf() - t0)
             except Exception as exc:
@@ -591,7 +661,9 @@ class Worker:
                 final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
                 failure = (exc, event)
             logger.current_event = None
+            self._handling = None
             if final is not None:
+                self._record_outputs = []  # of the failed call: not produced
                 break
             if perf() - self._last_flush >= FLUSH_INTERVAL_S:
                 self._flush()
@@ -617,6 +689,21 @@ class Worker:
             )
             logger.current_event = None
         return None
+
+    def _return_output(self, result: Any, wire: list[Any], topic: str) -> None:
+        """attributes.outputTopic: the return value becomes the record's last output."""
+        # Imported here to keep this module's import block as it is on other branches (a merge aid);
+        # after the first call it is a dictionary lookup.
+        from streamworker.worker.outputs import return_value_output
+
+        output = return_value_output(result, wire, topic, self._output_headers)
+        if output is not None:
+            self._record_outputs.append(output)
+
+    def _outputs_done(self, topic: str, partition: int, offset: int) -> None:
+        """The handler returned: queue the record's outputs, ahead of its result."""
+        self._outputs.append([topic, partition, offset, self._record_outputs])
+        self._record_outputs = []
 
     def _eof_exit_code(self) -> int:
         return EXIT_OK if self._protocol_error is None else EXIT_PROTOCOL_ERROR

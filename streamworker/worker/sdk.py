@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -34,6 +35,7 @@ from streamworker.protocol import (
     F_TOPIC,
     F_VALUE,
 )
+from streamworker.worker.outputs import make_output
 
 __all__ = [
     "DECODE_ENV_VAR",
@@ -263,6 +265,8 @@ def _log_topic(event: Any) -> Any:
 
 # Called with (topic, partition, offset) for each explicit ack.
 AckSink = Callable[[str, int, int], None]
+# Called with (the event whose handling produced it, the output's wire list) for each produce().
+OutputSink = Callable[[Any, list[Any]], None]
 
 
 class FunctionCallsUnavailable(RuntimeError):
@@ -287,6 +291,13 @@ class Platform:
         namespace: str = "default",
     ) -> None:
         self.kind = kind
+        # produce() (docs/outputs.md): the worker's sink (``set_output_sink``); without one, outputs
+        # are recorded in ``outputs`` ([topic, key, value, headers, partition]).
+        self._output_sink: OutputSink | None = None
+        self.outputs: list[list[Any]] = []
+        # The record produce() belongs to. A context variable, so that tasks a handler starts
+        # inherit their record and can still produce while it is open (explicit acks).
+        self._current_event: ContextVar[Any] = ContextVar("streamworker_current_event", default=None)
         self.name = name
         self.namespace = namespace
         self.termination_callback: Callable[[], Any] | None = None
@@ -334,6 +345,42 @@ class Platform:
             self.acks.append(QualifiedOffset(topic, partition, offset))
         else:
             self._ack_sink(topic, partition, offset)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | str | dict[str, Any] | list[Any],
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Produce an output record for the record being handled (see docs/outputs.md).
+
+        ``value``: bytes, str (UTF-8) or dict/list (JSON). The input is committed only once every
+        output it produced is acknowledged by the broker; a failed delivery fails the input's
+        attempt. Raises ``OutputError`` for a value that cannot be produced and ``RuntimeError``
+        outside a record's handling.
+        """
+        event = self._current_event.get()
+        if event is None:
+            raise RuntimeError(
+                "context.platform.produce() needs a record: call it from the handler, or from a task "
+                "the handler started while its record is open (explicit acks)"
+            )
+        output = make_output(topic, value, key, headers, partition)
+        if self._output_sink is None:
+            self.outputs.append(output)
+        else:
+            self._output_sink(event, output)
+
+    def set_output_sink(self, sink: OutputSink | None) -> None:
+        """For the worker: where produce() sends outputs (None: record them in ``outputs``)."""
+        self._output_sink = sink
+
+    def set_current_event(self, event: Any) -> None:
+        """For the worker: the record that produce() calls belong to from now on (None: none)."""
+        self._current_event.set(event)
 
 
 def _check_callback(callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
