@@ -14,8 +14,9 @@
 #                     schedule, STREAMWORKER_CHAOS_ARTIFACTS=DIR keeps the ledger, logs and verdict.
 #   make demo         python -m streamworker.demo
 #   make bench        install the bench extra (sentry-arroyo, py-spy, pyinstrument) and Quix Streams (its own
-#                     virtualenv, .venv/quix), then run bench/throughput.py (~40-65 min; writes bench/RESULTS.md).
-#                     BENCH_ARGS=--quick for a smoke run that writes nothing.
+#                     virtualenv, .venv/quix), then run bench/throughput.py (~15 min; writes bench/RESULTS.md).
+#                     BENCH_ARGS=--quick for a smoke run that writes nothing; BENCH_ARGS=--all for every
+#                     contender, peers included (~40-65 min).
 #   make clean        remove .venv, caches and build output
 #
 # pytest's exit code 5 ("no tests collected") fails the target like any other non-zero code: on purpose.

@@ -6,27 +6,21 @@ import time
 
 import common
 from common import BenchError, say, unique
-from drain import produce_records
-from plan import PROGRESS_EVERY_S, Contender, Context, Metrics
+from drain import fill_topic
+from plan import NOOP, PROGRESS_EVERY_S, Contender, Context, Metrics
 from procs import launch, memory_metrics
 
-from streamworker.devbroker import create_topics
 
-
-def backlog_run(ctx: Context) -> Metrics:
-    """Supervisor RSS with a large backlog behind a slow handler, default buffer limits."""
-    count = ctx.sizes.backlog_records
-    topic = unique("bench-backlog")
-    create_topics(ctx.bootstrap, {topic: 4})
-    started = time.monotonic()
-    produce_records(ctx.bootstrap, topic, count)
-    say(f"  topic {topic}: {count:,} records in 4 partitions [{time.monotonic() - started:.1f}s]")
-    contender = Contender("sw-pool-2", "streamworker pool, 2 workers", "streamworker", "pool", 2)
-    group = unique("bench-backlog")
+def backlog_run(ctx: Context, contender: Contender) -> Metrics:
+    """Supervisor RSS of *contender* with the no-op topic (1M records) as its backlog, behind a slow
+    handler (1 s per record), default buffer limits: what the supervisor buffers is all it holds."""
+    topic, end = fill_topic(ctx, NOOP)
+    count = sum(end.values())
+    group = unique(f"bench-backlog-{contender.name}")
     running = launch(
         ctx,
         contender,
-        run_id="backlog",
+        run_id=f"backlog/{contender.name}",
         topic=topic,
         group=group,
         workload="slow",

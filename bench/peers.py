@@ -7,9 +7,8 @@ needs >= 2.13.2, so the two cannot share one). Imports only the standard library
 
 Kinds (``spec["kind"]``):
 
-* ``raw``: the ceiling, a plain confluent-kafka loop: ``consume(1000)``, the workload on each record,
-  one synchronous commit at the end (throughput mode: it knows how many records to expect), or an
-  asynchronous commit every second (latency mode: it runs until SIGTERM).
+* ``raw`` and ``raw-untuned``: plain confluent-kafka loops, tuned as streamworker tunes its client or
+  with librdkafka's defaults; see ``bench/raw.py``.
 * ``arroyo``: sentry-arroyo as its documentation shows it: ``KafkaConsumer`` built by
   ``build_kafka_consumer_configuration``, a ``StreamProcessor`` with the ``ONCE_PER_SECOND`` commit
   policy, and a strategy factory returning ``RunTask(handle, CommitOffsets(commit))`` or, with
@@ -39,8 +38,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import raw
 import workloads
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 CONSUMER_EXTRA: dict[str, Any] = {
     "session.timeout.ms": 2000,
@@ -95,55 +95,21 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-# ---------------------------------------------------------------------------------------- raw loop
+# --------------------------------------------------------------------------------------- raw loops
 
 
 def run_raw(spec: Spec) -> int:
-    """``consume(1000)`` loop; commit once at the end (or every second in latency mode)."""
+    """The tuned raw loop (``bench/raw.py``)."""
     setup(spec["workload"], spec["stats_dir"], spec["latency"])
     assert RECORDER is not None
-    record, work, latency = RECORDER.record, WORK, LATENCY
-    consumer = Consumer(
-        {
-            "bootstrap.servers": spec["bootstrap"],
-            "group.id": spec["group"],
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            **CONSUMER_EXTRA,
-        }
-    )
-    consumer.subscribe([spec["topic"]])
-    stopped = install_stop_handler(lambda: None)
-    expected: int | None = spec.get("expected")
-    consumed = 0
-    last_commit = time.monotonic()
-    while not stopped.is_set():
-        messages = consumer.consume(1000, 0.1)
-        for message in messages:
-            if message.error() is not None:
-                continue
-            if latency:
-                ts_type, ts = message.timestamp()
-                record(ts if ts_type else None)
-            else:
-                record(None)
-            work()
-            consumed += 1
-        if expected is not None and consumed >= expected:
-            consumer.commit(asynchronous=False)
-            done = time.time()
-            write_json(Path(spec["stats_dir"]) / "done.json", {"done": done, "consumed": consumed})
-            RECORDER.flush()
-            stopped.wait()  # finished: stay alive (for the memory reading) until SIGTERM
-            break
-        now = time.monotonic()
-        if expected is None and consumed and now - last_commit >= COMMIT_EVERY_S:
-            last_commit = now
-            consumer.commit(asynchronous=True)
-    if expected is None and consumed:
-        consumer.commit(asynchronous=False)
-    consumer.close()
-    return 0
+    return raw.run_raw(spec, RECORDER, WORK)
+
+
+def run_raw_untuned(spec: Spec) -> int:
+    """The untuned raw loop (``bench/raw.py``)."""
+    setup(spec["workload"], spec["stats_dir"], spec["latency"])
+    assert RECORDER is not None
+    return raw.run_raw_untuned(spec, RECORDER, WORK)
 
 
 # ------------------------------------------------------------------------------------------ arroyo
@@ -310,6 +276,7 @@ def run_paced_producer(spec: Spec) -> int:
 
 KINDS: dict[str, Callable[[Spec], int]] = {
     "raw": run_raw,
+    "raw-untuned": run_raw_untuned,
     "arroyo": run_arroyo,
     "quix": run_quix,
     "paced-producer": run_paced_producer,

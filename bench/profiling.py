@@ -13,11 +13,9 @@ from typing import Any
 
 import common
 from common import BenchError, say, unique
-from drain import produce_records
-from plan import Contender, Context, Metrics
+from drain import fill_topic
+from plan import NOOP, Contender, Context, Metrics
 from procs import OffsetPoller, launch, wait_committed
-
-from streamworker.devbroker import create_topics
 
 
 def pyspy_binary() -> str | None:
@@ -29,14 +27,10 @@ def pyspy_binary() -> str | None:
     return which("py-spy")
 
 
-def profile_run(ctx: Context) -> Metrics:
-    """Profile the supervisor (and worker 0) of streamworker pool/2 on a no-op backlog."""
-    count = ctx.sizes.profile_records
-    topic = unique("bench-profile")
-    create_topics(ctx.bootstrap, {topic: 4})
-    end = produce_records(ctx.bootstrap, topic, count)
-    contender = Contender("sw-pool-2", "streamworker pool, 2 workers", "streamworker", "pool", 2)
-    group = unique("bench-profile")
+def profile_run(ctx: Context, contender: Contender) -> Metrics:
+    """Profile the supervisor (and worker 0) of *contender* draining the no-op topic (1M records)."""
+    topic, end = fill_topic(ctx, NOOP)
+    group = unique(f"bench-profile-{contender.name}")
     profiler = ctx.profiler
     pyspy = pyspy_binary()
     if profiler == "auto":
@@ -50,7 +44,7 @@ def profile_run(ctx: Context) -> Metrics:
             if ctx.profiler == "py-spy":
                 raise
             say(f"  py-spy failed ({str(exc).splitlines()[0]}); falling back to pyinstrument")
-            group = unique("bench-profile")
+            group = unique(f"bench-profile-{contender.name}")
     return pyinstrument_profile(ctx, contender, topic, group, end, out_dir)
 
 
@@ -61,7 +55,7 @@ def pyspy_profile(
     running = launch(
         ctx,
         contender,
-        run_id="profile",
+        run_id=f"profile/{contender.name}",
         topic=topic,
         group=group,
         workload="noop",
@@ -79,7 +73,7 @@ def pyspy_profile(
         workers = common.child_pids(running.pid)
         targets = [("supervisor", running.pid)] + ([("worker", workers[0])] if workers else [])
         for name, pid in targets:
-            out = out_dir / f"{name}.txt"
+            out = out_dir / f"{contender.name}-{name}.txt"
             cmd = [pyspy, "record", "--pid", str(pid), "--nonblocking", "--rate", "200"]
             cmd += ["--format", "raw", "--nolineno", "-o", str(out)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -105,7 +99,10 @@ def pyspy_profile(
                 proc.kill()
         running.stop()
         poller.close()
-    metrics: Metrics = {"profiler": "py-spy (--nonblocking, 200 Hz, active samples only)", "seconds": seconds}
+    metrics: Metrics = {
+        "profiler": "py-spy (--nonblocking, 200 Hz; samples in sleeps, selects and pipe reads dropped)",
+        "seconds": seconds,
+    }
     for name, _, out in spies:
         if not out.exists():
             raise BenchError(f"py-spy wrote no profile for the {name}")
@@ -142,8 +139,21 @@ def shorten_frame(frame: str) -> str:
     return f"{location}:{name}" if location else name
 
 
+# Leaf frames that are waits, not work: py-spy --nonblocking cannot always tell a thread blocked in a
+# sleep, select or read from a running one, so these samples are dropped before the percentages.
+IDLE_LEAVES = (
+    ":Worker._start_flusher.<locals>.flush_periodically",  # time.sleep between flushes
+    ":Worker._read_frames",  # os.read on the pipe (the reader thread)
+    ":Recorder._flush_forever",  # the benchmark handler's stats thread sleeping
+    ":EpollSelector.select",
+    ":Event.wait",
+    ":Condition.wait",
+)
+
+
 def summarize_stacks(stacks: list[tuple[list[str], int]], rate: float, seconds: float) -> Metrics:
-    total = sum(count for _, count in stacks)
+    stacks = [(frames, count) for frames, count in stacks if frames and not frames[-1].endswith(IDLE_LEAVES)]
+    total = sum(count for _, count in stacks) or 1
     self_counts: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     for frames, count in stacks:
@@ -200,12 +210,12 @@ json.dump({"total": root.time, "self": self_times}, open(sys.argv[2], "w"))
 def pyinstrument_profile(
     ctx: Context, contender: Contender, topic: str, group: str, end: dict[int, int], out_dir: Path
 ) -> Metrics:
-    out = out_dir / "pyinstrument.json"
+    out = out_dir / f"{contender.name}-pyinstrument.json"
     poller = OffsetPoller(ctx.bootstrap, group, topic, 4)
     running = launch(
         ctx,
         contender,
-        run_id="profile-pyinstrument",
+        run_id=f"profile-pyinstrument/{contender.name}",
         topic=topic,
         group=group,
         workload="noop",
@@ -229,7 +239,7 @@ def pyinstrument_profile(
     ranked = sorted(((t, f) for f, t in merged.items()), reverse=True)[:15]
     return {
         "profiler": "pyinstrument (runner on the main thread, wall clock, idle waits included)",
-        "records": ctx.sizes.profile_records,
+        "records": sum(end.values()),
         "supervisor": {
             "samples": None,
             "busy_pct": None,

@@ -12,6 +12,7 @@ from plan import (
     GOAL_KEY_VS_POOL,
     GOAL_NOOP_VS_PEERS,
     GOAL_NOOP_VS_RAW,
+    LATENCY_DEFAULT,
     NOOP_OUT,
     PEER_NAMES,
     SECTION_BEGIN,
@@ -82,7 +83,7 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
         ratio = sw / raw if sw is not None and raw else None
         rows.append(
             (
-                f"no-op, {mode} 2 workers >= {GOAL_NOOP_VS_RAW} x raw loop",
+                f"no-op, {mode} 2 workers >= {GOAL_NOOP_VS_RAW} x the tuned raw loop",
                 "-" if ratio is None else f"{ratio:.2f} x ({fmt_rate(sw)} vs {fmt_rate(raw)})",
                 verdict(ratio, GOAL_NOOP_VS_RAW),
             )
@@ -94,6 +95,8 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
             measured = f"{ratio:.2f} x the fastest peer, {best_name} ({fmt_rate(sw)} vs {fmt_rate(best)})"
         else:
             ratio, measured = None, "-"
+        if ratio is None:
+            continue  # peers not run (they are in --all only)
         rows.append(
             (
                 f"no-op, {mode} 2 workers >= {GOAL_NOOP_VS_PEERS:g} x every peer",
@@ -104,6 +107,8 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
     for mode in modes:
         plain, out = rate("noop", f"sw-{mode}-2"), rate(NOOP_OUT, f"sw-{mode}-2")
         ratio = out / plain if plain and out is not None else None
+        if ratio is None:
+            continue
         rows.append(
             (
                 f"no-op returning its input to an output topic, {mode} 2 workers, vs no-op (no goal)",
@@ -124,6 +129,8 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
     for workload in ("io", "aio"):
         key, pool = rate(workload, "sw-key-4"), rate(workload, "sw-pool-4")
         ratio = key / pool if pool and key is not None else None
+        if ratio is None and workload == "aio":
+            continue
         rows.append(
             (
                 f"5 ms I/O ({workload}), 1 partition, 1,000 keys, 4 workers: "
@@ -132,50 +139,105 @@ def goal_rows(ctx: Context) -> list[tuple[str, str, str]]:
                 verdict(ratio, GOAL_KEY_VS_POOL),
             )
         )
-    backlog = ctx.results.get("backlog", [])
-    if backlog:
-        first = backlog[0]
+    for mode in modes:
+        first = first_result(ctx, f"backlog/sw-{mode}-2")
+        goal = f"{mode}: supervisor RSS < {GOAL_BACKLOG_RSS_MB:g} MB with a 1M-record backlog"
+        if first is None:
+            rows.append((goal, "-", "-"))
+            continue
         rss = float(first["rss_max_mib"]) * 1.048576  # MiB -> MB
         rows.append(
             (
-                f"supervisor RSS < {GOAL_BACKLOG_RSS_MB:g} MB with a {first['records']:,}-record backlog",
-                f"{rss:.0f} MB ({first['rss_max_mib']:.0f} MiB) max VmRSS over {first['seconds']:g} s",
+                goal,
+                f"{rss:.0f} MB ({first['rss_max_mib']:.0f} MiB) max VmRSS over {first['seconds']:g} s "
+                f"({first['records']:,} records)",
                 "yes" if rss < GOAL_BACKLOG_RSS_MB else "**no**",
             )
         )
-    else:
-        rows.append((f"supervisor RSS < {GOAL_BACKLOG_RSS_MB:g} MB with a 1M-record backlog", "-", "-"))
     return rows
 
 
-def profile_lines(ctx: Context) -> list[str]:
-    profile = first_result(ctx, "profile")
-    if profile is None:
-        return ["Not run." if "profile" not in ctx.failures else f"Failed: {ctx.failures['profile'][0]}"]
+def summary_table(ctx: Context) -> list[str]:
+    """Issue #16's table: one row per raw loop and mode (2 workers unless said)."""
+    raw = median_of(ctx, "throughput/noop/raw", "rate")
     lines = [
-        f"streamworker pool, 2 workers, no-op, {profile['records']:,} records in 4 partitions; "
-        f"{profile['profiler']}.",
-        "",
+        "| Contender | no-op records/s (median) | min-max | x tuned raw | 1 ms CPU: 2 v 1 workers "
+        "| 5 ms I/O, 4 workers: key v pool | supervisor RSS, 1M backlog (MiB) "
+        "| p50 / p99 ms at 50 % of own max | offered/s | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("supervisor", "worker"):
-        part = profile.get(name)
-        if not part:
+    for contender in ctx.contenders:
+        if contender.name not in LATENCY_DEFAULT and contender.name != "raw-untuned":
             continue
-        busy = f", busy {part['busy_pct']}% of the wall time" if part.get("busy_pct") is not None else ""
-        lines.append(f"**{name}** ({part.get('samples') or '-'} samples{busy}) - self time, % of samples:")
-        lines.append("")
-        lines += [f"- {pct}% `{frame}`" for frame, pct in part["self"]]
-        if part.get("inclusive"):
-            lines += ["", f"{name}, inclusive (streamworker functions), % of samples:", ""]
-            lines += [f"- {pct}% `{frame}`" for frame, pct in part["inclusive"]]
-        lines.append("")
+        key = f"throughput/noop/{contender.name}"
+        if key not in ctx.results:
+            continue
+        rate = median_of(ctx, key, "rate")
+        ratio = f"{rate / raw:.2f}" if rate is not None and raw else "-"
+        cpu = io = rss = "-"
+        if contender.kind == "streamworker":
+            one = median_of(ctx, f"throughput/cpu/sw-{contender.mode}-1", "rate")
+            two = median_of(ctx, f"throughput/cpu/sw-{contender.mode}-2", "rate")
+            cpu = f"{two / one:.2f} x ({fmt_rate(two)} v {fmt_rate(one)})" if one and two else "-"
+            backlog = first_result(ctx, f"backlog/{contender.name}")
+            rss = f"{backlog['rss_max_mib']:.0f}" if backlog else "-"
+        if contender.mode == "key":
+            key4 = median_of(ctx, "throughput/io/sw-key-4", "rate")
+            pool4 = median_of(ctx, "throughput/io/sw-pool-4", "rate")
+            io = f"{key4 / pool4:.2f} x ({fmt_rate(key4)} v {fmt_rate(pool4)})" if key4 and pool4 else "-"
+        lat = f"latency/noop/{contender.name}"
+        latency = "-"
+        if ctx.results.get(lat):
+            over = " (over)" if any(m.get("overloaded") for m in ctx.results[lat]) else ""
+            latency = (
+                f"{fmt_ms(median_of(ctx, lat, 'p50_ms'))} / {fmt_ms(median_of(ctx, lat, 'p99_ms'))}{over}"
+            )
+        lines.append(
+            f"| {contender.label} | {fmt_rate(rate)} | {range_of(ctx, key, 'rate')} | {ratio} | {cpu} | {io} "
+            f"| {rss} | {latency} | {fmt_rate(median_of(ctx, lat, 'achieved_rate'))} "
+            f"| {len(ctx.results.get(key, []))} |"
+        )
     return lines
+
+
+def profile_lines(ctx: Context) -> list[str]:
+    lines: list[str] = []
+    for key in [k for k in ctx.results if k.startswith("profile/")] + [
+        k for k in ctx.failures if k.startswith("profile/")
+    ]:
+        profile = first_result(ctx, key)
+        name = key.split("/", 1)[1]
+        if profile is None:
+            lines += [f"**{name}**: failed: {ctx.failures[key][0]}", ""]
+            continue
+        lines += [
+            f"#### {name}: no-op, {profile['records']:,} records in 4 partitions; {profile['profiler']}, "
+            f"{profile['seconds']:.1f} s"
+            if "seconds" in profile
+            else f"#### {name}: {profile['profiler']}",
+            "",
+        ]
+        for part_name in ("supervisor", "worker"):
+            part = profile.get(part_name)
+            if not part:
+                continue
+            busy = f", busy {part['busy_pct']}% of the wall time" if part.get("busy_pct") is not None else ""
+            lines.append(
+                f"**{part_name}** ({part.get('samples') or '-'} samples{busy}) - self time, % of samples:"
+            )
+            lines.append("")
+            lines += [f"- {pct}% `{frame}`" for frame, pct in part["self"][:10]]
+            if part.get("inclusive"):
+                lines += ["", f"{part_name}, inclusive (streamworker functions), % of samples:", ""]
+                lines += [f"- {pct}% `{frame}`" for frame, pct in part["inclusive"][:10]]
+            lines.append("")
+    return lines or ["Not run."]
 
 
 def per_run_lines(ctx: Context) -> list[str]:
     out: list[str] = []
     for key, runs in ctx.results.items():
-        if key == "profile":
+        if key.startswith("profile/"):
             continue
         for index, metrics in enumerate(runs, 1):
             shown = {
@@ -188,61 +250,50 @@ def per_run_lines(ctx: Context) -> list[str]:
 
 
 def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
-    rate_notes = []
-    for workload in WORKLOADS:
-        offered = median_of(ctx, f"latency/{workload.name}/sw-pool-2", "offered_rate")
-        if offered is not None:
-            rate_notes.append(f"{workload.name} {offered:,.0f}/s")
-    backlog = first_result(ctx, "backlog")
     lines = [
         SECTION_BEGIN,
-        "## Throughput, latency and memory (issue #5)",
+        "## Throughput, latency and memory (issues #5, #16)",
         "",
-        f"Command: `{command}` (starts its own local broker; `make bench` installs the bench extra, "
-        "a Quix Streams virtualenv in `.venv/quix`, and runs it).",
+        f"Command: `{command}` (starts its own local broker; `make bench` installs the bench extra and "
+        "runs it; `--all` adds 1/4-worker rows, the peers and every workload's latency).",
         "",
         "| Machine | |",
         "|---|---|",
         *[f"| {key} | {value} |" for key, value in info],
         "",
-        "How it is measured (details in the docstring of `bench/throughput.py`):",
+        "How it is measured (details in the docstrings of `bench/throughput.py` and `bench/raw.py`):",
         "",
         "- Same topic and records for every contender of a workload (100-byte values, 1,000 keys), a fresh "
         "consumer group per run. **records/s** = records / (first handler call -> the group's committed "
-        "offsets reach the end offsets from the delivery reports). It includes waiting for the next commit: "
-        "arroyo and Quix commit every 1 s, streamworker every 1 s and as soon as its workers run out of "
-        "work, the raw loop once, synchronously, right after its last record. **handled/s** = first -> "
-        "last handler call. **startup** = process start -> first handler call (spawn, imports, group "
-        "join with the quick profile: session 2 s).",
-        "- **x raw loop**: against the raw confluent-kafka loop on the same workload (`consume(1000)`, the "
-        "workload inline, `fetch.queue.backoff.ms=10`); for no-op that is the ceiling.",
-        "- **p50/p99**: `time.time()*1000 - record timestamp` at handler start, for records sent by a paced "
-        "producer at half the rate measured for streamworker pool/2 workers on that workload"
-        + (f" ({', '.join(rate_notes)})" if rate_notes else "")
-        + "; one run per contender, after a warm-up. **(over)**: the contender's handled/s is below that "
-        "rate, so records queue up and the figures grow with the run length (5 s of records).",
-        "- **peak RSS**: VmHWM of the contender's main process (streamworker: the supervisor) and the sum "
-        "over its child processes (streamworker: the workers; arroyo multiprocessing: 2 pool processes plus "
-        "multiprocessing's resource tracker), read when the run is done.",
-        "- Runs: 3 (medians) for the figures a goal compares - no-op raw loop, 2-worker streamworker modes "
-        "and peers; 1 ms CPU with 1 and 2 workers; 5 ms I/O pool/key with 4 workers - 1 elsewhere "
-        "(`--runs N` sets every count); runs go round robin over the contenders of a workload.",
-        "- **others' CPU**: cores used during the throughput run by anything but the contender, the broker "
-        "and this script (machine-wide busy time from /proc/stat minus theirs): this machine is shared with "
-        "other work. Before each run the script waits (up to `--settle`, 20 s) for the machine to go idle, "
-        f"and repeats a run once when others used more than {FOREIGN_RETRY_CORES} cores during it, keeping "
-        "the less disturbed attempt.",
-        "- Every consumer uses the quick timeout profile (Tansu holds a JoinGroup for half the session) and "
-        "`fetch.queue.backoff.ms=10`. arroyo: `build_kafka_consumer_configuration` + `StreamProcessor` "
-        "(commit policy `ONCE_PER_SECOND`, explicit commits, not librdkafka auto-commit), "
-        "`RunTask(handle, CommitOffsets(commit))` or `RunTaskWithMultiprocessing(handle, "
-        "CommitOffsets(commit), max_batch_size=1000, max_batch_time=0.1, "
-        "MultiprocessingPool(2), 4 MiB blocks)`. Quix Streams: `Application(commit_interval=1.0)` + "
-        "`sdf.update(handle, metadata=True)`; async work runs via `loop.run_until_complete` in both.",
+        "offsets reach the end offsets from the delivery reports), so it includes the wait for the last "
+        "commit. **handled/s** = first -> last handler call. **startup** = process start -> first handler "
+        "call (spawn, imports, group join with the quick profile: session 2 s).",
+        "- **tuned raw** (the reference): `fetch.queue.backoff.ms=10`, `consume(1000)`, the workload inline, "
+        "offsets stored per batch and committed asynchronously every 100 ms, as streamworker tunes its own "
+        "client. **untuned raw**: librdkafka defaults (`fetch.queue.backoff.ms` 1000), `consume(1000)`, one "
+        "synchronous commit after the last record.",
+        "- **p50/p99**: `time.time()*1000 - record timestamp` at handler start (produce -> handler start), "
+        "records sent by a paced producer (its own process, on the same 2 cores) at half the contender's "
+        "own median no-op records/s, for a few seconds, after a warm-up; one run. **(over)**: handled/s "
+        "below the offered rate, records queue up. **offered/s**: what the producer achieved.",
+        "- **supervisor RSS, 1M backlog**: max VmRSS of the supervisor, sampled every 0.2 s while the "
+        "no-op topic (1M records) waits behind a handler sleeping 1 s per record (default buffer limits).",
+        "- Runs: 3 (medians) for throughput figures a goal compares (`--runs N` sets every count), round "
+        "robin over the contenders of a workload; latency, backlog and profiles: 1.",
+        "- **others' CPU**: cores used during the run by anything but the contender, the broker and this "
+        "script (machine-wide busy time from /proc/stat minus theirs): the machine is shared. Before each "
+        "run the script waits (up to `--settle`) for the machine to go idle, and repeats a run once when "
+        f"others used more than {FOREIGN_RETRY_CORES} cores during it, keeping the less disturbed attempt.",
         "",
     ]
     for note in ctx.notes:
         lines += [f"Note: {note}", ""]
+    summary = summary_table(ctx)
+    if len(summary) > 2:
+        lines += ["### Summary (2 workers unless said; medians)", "", *summary, ""]
+    lines += ["### Goals (medians)", "", "| Goal | Measured | Met |", "|---|---|:---:|"]
+    lines += [f"| {goal} | {measured} | {met} |" for goal, measured, met in goal_rows(ctx)]
+    lines.append("")
     for workload in WORKLOADS:
         table = throughput_table(ctx, workload)
         if len(table) <= 2:
@@ -250,22 +301,7 @@ def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
         topic = ctx.topics.get(workload.name)
         records = f"{sum(topic[1].values()):,} records" if topic else ""
         lines += [f"### {workload.label}: {records}", "", *table, ""]
-    lines += ["### Goals (medians)", "", "| Goal | Measured | Met |", "|---|---|:---:|"]
-    lines += [f"| {goal} | {measured} | {met} |" for goal, measured, met in goal_rows(ctx)]
-    lines.append("")
-    if backlog is not None:
-        lines += [
-            f"### Supervisor memory with a {backlog['records']:,}-record backlog",
-            "",
-            "streamworker pool, 2 workers, handler sleeps 1 s per record, default buffer limits "
-            "(maxBufferedRecords 30,000 and maxBufferedBytes 64 MiB per partition, librdkafka defaults): "
-            f"supervisor VmRSS {backlog['rss_first_mib']:.1f} MiB at the first record, max "
-            f"{backlog['rss_max_mib']:.1f} MiB, {backlog['rss_last_mib']:.1f} MiB after "
-            f"{backlog['seconds']:g} s; VmHWM {fmt_mib(backlog.get('sup_rss_mib'))} MiB; workers "
-            f"{fmt_mib(backlog.get('workers_rss_mib'))} MiB together.",
-            "",
-        ]
-    lines += ["### Where the supervisor's time goes (no-op)", "", *profile_lines(ctx)]
+    lines += ["### Profiles (no-op, 2 workers, the 1M-record topic)", "", *profile_lines(ctx)]
     lines += ["Per run (raw):", "", *per_run_lines(ctx), SECTION_END]
     return "\n".join(lines) + "\n"
 
@@ -277,6 +313,9 @@ def print_tables(ctx: Context) -> None:
             say(f"\n{workload.label}")
             for line in table:
                 say(line)
+    say("\nSummary")
+    for line in summary_table(ctx):
+        say(line)
     say("\nGoals")
     for goal, measured, met in goal_rows(ctx):
         say(f"  [{met.strip('*')}] {goal}: {measured}")

@@ -1,4 +1,15 @@
-"""Throughput benchmark (issue #5): streamworker against a raw confluent-kafka loop and its peers.
+"""Throughput benchmark (issues #5, #16): streamworker against raw confluent-kafka loops and its peers.
+
+Default (~15 min on the 2-core machine): the issue #16 matrix: no-op, 1M records x 100 B, 4 partitions:
+the tuned raw loop (the reference), the untuned one, and pool/static/key with 2 workers (3 runs
+each); 1 ms CPU with 1 and 2 workers per mode; 5 ms I/O on 1 partition, 1,000 keys, key vs pool
+with 4 workers; per mode (and the tuned raw loop) p99 latency at half its own no-op rate, the
+supervisor's RSS with the 1M backlog and a py-spy profile of the 1M drain. ``--all``: every
+contender (1/2/4 workers, sentry-arroyo, Quix Streams) on every workload, as the issue #5 runs did.
+The modules: ``plan`` (sizes, workloads, contenders, goals), ``procs`` (processes, config, offsets),
+``raw`` (the raw loops), ``peers`` (peer runners, paced producer), ``drain``, ``latency``,
+``memory``, ``profiling``, ``harness`` (settle/retry/medians) and ``report`` (tables, RESULTS.md);
+``frames.py`` is the msgpack/msgspec frame micro-benchmark.
 
 Run from the repository root (``make bench`` does both steps)::
 
@@ -52,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -68,6 +80,7 @@ from latency import latency_run, reference_rate
 from memory import backlog_run
 from plan import (
     FULL,
+    LATENCY_DEFAULT,
     QUICK,
     QUICK_CONTENDERS,
     SECTION_BEGIN,
@@ -79,6 +92,7 @@ from plan import (
     Workload,
     all_contenders,
     applies,
+    in_matrix,
 )
 from profiling import profile_run, pyspy_binary
 from report import print_tables, section
@@ -105,7 +119,9 @@ def run_all(ctx: Context) -> None:
         chosen = [
             c
             for c in ctx.contenders
-            if ctx.selected(f"throughput/{workload.name}/{c.name}") and applies(workload.name, c)
+            if in_matrix(workload.name, c.name, ctx.everything)
+            and ctx.selected(f"throughput/{workload.name}/{c.name}")
+            and applies(workload.name, c)
         ]
         most = max((ctx.runs_for(workload.name, c.name) for c in chosen), default=0)
         for run in range(1, most + 1):
@@ -115,28 +131,33 @@ def run_all(ctx: Context) -> None:
                     key = f"throughput/{workload.name}/{contender.name}"
                     run_and_store(ctx, key, throughput_action(ctx, workload, contender, run), run, runs)
     for workload in WORKLOADS:
-        if ctx.quick and workload.name != "noop":
+        if (ctx.quick or not ctx.everything) and workload.name != "noop":
             continue
         selected = [
             c
             for c in ctx.contenders
-            if ctx.selected(f"latency/{workload.name}/{c.name}") and applies(workload.name, c)
+            if (ctx.everything or c.name in LATENCY_DEFAULT)
+            and ctx.selected(f"latency/{workload.name}/{c.name}")
+            and applies(workload.name, c)
         ]
-        if not selected:
-            continue
-        try:
-            rate = 0.5 * reference_rate(ctx, workload)
-        except BenchError as exc:
-            ctx.failures.setdefault(f"latency/{workload.name}", []).append(str(exc))
-            continue
-        say(f"latency on {workload.name}: paced producer at {rate:,.0f} records/s")
         for contender in selected:
             key = f"latency/{workload.name}/{contender.name}"
+            try:
+                rate = 0.5 * reference_rate(ctx, workload, contender)
+            except BenchError as exc:
+                ctx.failures.setdefault(key, []).append(str(exc))
+                continue
+            say(f"latency of {contender.name} on {workload.name}: paced producer at {rate:,.0f} records/s")
             run_and_store(ctx, key, latency_action(ctx, workload, contender, rate), 1, 1)
-    if ctx.selected("backlog"):
-        run_and_store(ctx, "backlog", lambda: backlog_run(ctx), 1, 1)
-    if ctx.selected("profile"):
-        run_and_store(ctx, "profile", lambda: profile_run(ctx), 1, 1)
+    per_mode = [c for c in ctx.contenders if c.kind == "streamworker" and c.workers == 2]
+    for contender in per_mode:
+        key = f"backlog/{contender.name}"
+        if ctx.selected(key):
+            run_and_store(ctx, key, functools.partial(backlog_run, ctx, contender), 1, 1)
+    for contender in per_mode:
+        key = f"profile/{contender.name}"
+        if ctx.selected(key):
+            run_and_store(ctx, key, functools.partial(profile_run, ctx, contender), 1, 1)
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -199,7 +220,8 @@ def versions_info(quix: str | None, key_note: str | None, key_mode: bool) -> lis
         ("sentry-arroyo", common.package_version("sentry-arroyo") or "not installed"),
         ("Quix Streams", quix or "not available"),
         ("py-spy", pyspy_version or "not installed"),
-        ("msgpack", common.package_version("msgpack") or "unknown"),
+        ("msgpack", common.package_version("msgpack") or "not installed"),
+        ("msgspec", common.package_version("msgspec") or "not installed"),
         (
             "key mode",
             "yes" if key_mode and not key_note else ("accepted, no key dispatch" if key_mode else "absent"),
@@ -243,6 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="do not update the results file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
+    parser.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="every contender (1/2/4 workers, peers) on every workload, latency of each (~40-65 min); "
+        "default: the issue #16 matrix (~15 min)",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -252,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contenders = [c for c in contenders if c.name in QUICK_CONTENDERS]
     quix = quix_version(args.quix_python) if args.quix_python else None
     notes = [key_note] if key_note else []
-    if quix is None:
+    if quix is None and args.everything:
         notes.append(
             "Quix Streams skipped: no interpreter with quixstreams >= 3 (pass --quix-python; `make bench` "
             "creates .venv/quix). It cannot share a virtualenv with sentry-arroyo (confluent-kafka < 2.13 vs "
@@ -275,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 root=workdir,
                 sizes=QUICK if args.quick else FULL,
                 quick=args.quick,
+                everything=args.everything,
                 runs=args.runs,
                 only=list(args.only),
                 quix_python=args.quix_python if quix else None,
