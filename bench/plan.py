@@ -45,7 +45,7 @@ class Sizes:
 
 # Chosen so that the default matrix (below) fits in ~15 minutes on the 2-core machine; the backlog and
 # the profiles reuse the no-op topic (1M records), so the records are produced once.
-FULL = Sizes(1_000_000, 4_000, 2_000, 4.0, 1_000_000, 8.0, 1_000_000)
+FULL = Sizes(1_000_000, 6_000, 2_000, 4.0, 1_000_000, 8.0, 1_000_000)
 QUICK = Sizes(50_000, 400, 200, 1.5, 50_000, 3.0, 50_000)
 
 
