@@ -20,9 +20,15 @@ Definitions (per trigger, i.e. per topic and consumer group):
   killed or leaving instance's own records, any record for a join or a cut), the one that ended last
   before the redelivery, else the latest one still going on.
 * **in-flight window** of a cluster of incidents (incidents less than ``CLUSTER_GAP_S`` apart): the
-  records that were handled but not committed when the cluster began (offset at or past the group's
-  committed offset in the last sample before it), plus those first handled until ``WINDOW_AFTER_S``
-  after it ended. Only those can be redelivered, so a cluster's duplicates may not exceed it.
+  deliveries a fault of the cluster could undo. Every record that was handled but not committed when
+  the cluster began (offset at or past the group's committed offset in the last sample before it), or
+  first handled until ``WINDOW_AFTER_S`` after it ended, counts once; every redelivery counts once more
+  when another incident of the cluster than the one it is blamed on could have undone it too
+  (:func:`undoable`: not over before it completed, :func:`hits` it, found the record uncommitted when
+  it began). A delivery is undone at most once and each duplicate needs an undone delivery before
+  it, so a cluster's duplicates may not exceed its window. (Overlapping faults: a record handled by
+  an instance whose supervisor is then killed, handled again by the restarted one and caught
+  uncommitted by a broker cut a second later runs three times: two duplicates, two undone deliveries.)
 * **started after letting go**: a ``start`` line of an instance for a partition more than
   ``ZOMBIE_GRACE_S`` after that instance logged that it let the partition go (revoked, lost, stopped):
   such calls run alongside the partition's new owner.
@@ -419,6 +425,28 @@ def attribute(
     return max(candidates, key=lambda i: i.start, default=None)
 
 
+def undoable(
+    incident: Incident,
+    again: Entry,
+    record: Produced,
+    cause: Incident | None,
+    hung_pids: Mapping[int, set[int]],
+    commit_times: Mapping[int, Sequence[float]],
+    commit_values: Mapping[int, Sequence[int]],
+) -> bool:
+    """Could *incident* have undone the redelivery *again* of *record* (whose redelivery is blamed
+    on *cause*)? Another incident than its cause, not over before the redelivery completed, able to
+    undo it (:func:`hits`), that found the record not committed yet when it began."""
+    p = record.partition
+    return (
+        incident is not cause
+        and incident.end >= again["wall"] - ATTRIBUTION_SLACK_S
+        and hits(incident, again, hung_pids)
+        and record.offset
+        >= committed_before(commit_times.get(p, ()), commit_values.get(p, ()), incident.start)
+    )
+
+
 def clusters_of(incidents: Sequence[Incident]) -> list[list[Incident]]:
     """Incidents grouped when one starts less than CLUSTER_GAP_S after the previous ones ended."""
     groups: list[list[Incident]] = []
@@ -570,12 +598,15 @@ def analyse(
             hung = set(incident.record_ids.values())
             hung_pids[incident.number] = {e["pid"] for e in mine if e["kind"] == "hang" and e["id"] in hung}
     dup_by_incident: dict[int, int] = defaultdict(int)
+    redeliveries: list[tuple[Entry, Incident | None, Produced]] = []
     for rid, lines in ends.items():
         first = lines[0]
         for again in lines[1:]:
             verdict.duplicates += 1
             redelivered_at = again["start"]
             cause = attribute(ordered_incidents, first, redelivered_at, hung_pids)
+            if rid in by_id:
+                redeliveries.append((again, cause, by_id[rid]))
             if cause is not None:
                 dup_by_incident[cause.number] += 1
             else:
@@ -600,6 +631,12 @@ def analyse(
             1
             for rid, done in first_end.items()
             if done <= hi and rid in by_id and by_id[rid].offset >= floor.get(by_id[rid].partition, 0)
+        )
+        # Overlapping faults: a redelivery is in flight again, and another fault can undo it too.
+        window += sum(
+            1
+            for again, cause, record in redeliveries
+            if any(undoable(i, again, record, cause, hung_pids, commit_times, commit_values) for i in group)
         )
         dups = sum(dup_by_incident.get(i.number, 0) for i in group)
         verdict.clusters.append(([i.number for i in group], dups, window))

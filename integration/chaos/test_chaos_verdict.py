@@ -258,6 +258,25 @@ def test_more_duplicates_than_the_in_flight_window_are_reported() -> None:
     assert len(v.committed_redeliveries) == 50  # r020..r069
 
 
+def test_a_redelivery_caught_by_a_second_fault_counts_in_the_window_again() -> None:
+    # Offsets 0-39 of both partitions were committed before A1's supervisor was killed: r080..r099
+    # were in flight. A2 ran them again; a cut a second later caught them uncommitted again, and
+    # A2 ran them a third time: 40 duplicates, 40 undone deliveries.
+    records = produced(100)
+    samples = [CommitSample(T0 + 9.5, TOPIC, {0: 40, 1: 40})]
+    kill = incident(1, "supervisor_kill", T0 + 10.0, T0 + 10.1, instance="A1")
+    cut = incident(2, "cut", T0 + 11.5, T0 + 13.0)
+    again = [call(r, kind, T0 + 11.0, inst="A2", pid=21) for r in records[80:] for kind in ("start", "end")]
+    third = [call(r, kind, T0 + 13.5, inst="A2", pid=21) for r in records[80:] for kind in ("start", "end")]
+    entries = handled(records) + again + third
+    v = verdict(records, entries, incidents=[kill, cut], samples=samples)
+    assert (v.incidents[1].duplicates, v.incidents[2].duplicates) == (20, 20)
+    assert v.clusters == [([1, 2], 40, 40)] and not v.window_overruns and not v.unattributed
+    # Without the cut, the third runs are blamed on the kill, which cannot undo what it caused.
+    v = verdict(records, entries, incidents=[kill], samples=samples)
+    assert v.window_overruns == ["incidents [1]: 40 duplicates, in-flight window 20"]
+
+
 def test_order_violations_among_first_deliveries() -> None:
     records = produced(8, partitions=1, keys=2)
     entries = handled(records)
