@@ -24,8 +24,8 @@ from confluent_kafka import KafkaError
 from test_backpressure import log_time
 from test_operations import function_config, health_port, http_get, metric, metrics, metrics_text
 
+from devtools.broker import Record, committed_offsets, create_topics, produce
 from streamworker.config import load_config
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
 from streamworker.observability.health import IDLE_TIMEOUT_S, MAX_CONNECTIONS, HealthAddress, HealthServer
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.supervisor.runner import Outcome, RunnerOptions, TriggerRunner

@@ -8,6 +8,7 @@ import importlib.metadata
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import streamworker
@@ -56,6 +57,47 @@ def test_py_typed_ships_with_the_package(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     assert (tmp_path / "streamworker" / "py.typed").is_file()
     assert (tmp_path / "streamworker" / "worker" / "sdk.py").is_file()
+
+
+# Dev tooling and dev-only dependencies that must not reach users (the wheel and the image).
+DEV_ONLY_MODULES = (
+    "devtools",
+    "streamworker/devbroker.py",
+    "streamworker/devsecurity.py",
+    "streamworker/demo.py",
+)
+
+
+def test_wheel_holds_only_the_runtime(tmp_path: Path) -> None:
+    """The wheel (what the image installs) is streamworker's runtime plus py.typed: no devtools."""
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("streamworker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    code = [n for n in names if ".dist-info/" not in n]
+    assert "streamworker/py.typed" in code
+    assert "streamworker/supervisor/runner.py" in code
+    assert all(n.startswith("streamworker/") for n in code), sorted(code)
+    for dev_only in DEV_ONLY_MODULES:
+        assert not any(n.startswith(dev_only) for n in names), dev_only
 
 
 def _third_party_imports() -> set[str]:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.security import Pki, make_pki
 from streamworker.config import ConfigError, LoadedConfig, consumer_settings, load_config
 from streamworker.config.kafka_settings import client_settings_problem, security_settings
 from streamworker.config.model import ExplicitAckMode, SaslMechanism, Secret
-from streamworker.devsecurity import Pki, make_pki
 from streamworker.supervisor.deadletter import producer_settings
 from streamworker.supervisor.runner import RunnerOptions, TriggerRunner
 
