@@ -15,8 +15,8 @@ from test_worker_process import HANDLERS, WorkerHarness, statuses, wire_event, w
 from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
+from streamworker.snapshots import TriggerSnapshot
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
-from streamworker.supervisor.observer import TriggerSnapshot
 from streamworker.supervisor.outputs import (
     OutputDelivery,
     OutputSink,

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from streamworker.observability.metrics import MetricsObserver
-from streamworker.supervisor.observer import TriggerSnapshot
+from streamworker.snapshots import TriggerSnapshot
 
 DEFAULT_HEALTH_ADDR = "0.0.0.0:8082"
 HEALTH_ADDR_ENV = "STREAMWORKER_HEALTH_ADDR"

@@ -38,7 +38,9 @@ from streamworker.protocol import (
     Status,
     WorkerInit,
 )
+from streamworker.snapshots import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.backoff import Backoff
+from streamworker.supervisor.consumer import commit_async, commit_sync
 from streamworker.supervisor.deadletter import DeadLetterSink, producer_settings
 from streamworker.supervisor.dispatch import (
     Dispatcher,
@@ -49,7 +51,6 @@ from streamworker.supervisor.dispatch import (
     Run,
     record_size,
 )
-from streamworker.supervisor.observer import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.outputs import MESSAGE_TIMEOUT_MS as OUTPUT_MESSAGE_TIMEOUT_MS
 from streamworker.supervisor.outputs import OutputSink, OutputStats, PendingOutputs
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
@@ -583,7 +584,9 @@ class TriggerRunner:
         drained, late = self._drain(
             self.dispatcher.handled_by(tps) - stuck, max(deadline, time.monotonic() + 1.0)
         )
-        committed = self._commit(consumer, tps, synchronous=True)
+        committed = self._commit(
+            consumer, tps, synchronous=True, deadline=max(deadline, time.monotonic() + 1.0)
+        )
         self.dispatcher.forget(tps)
         self._forget_dead_letters(tps)
         self.log.info(
@@ -716,28 +719,22 @@ class TriggerRunner:
         while time.monotonic() < deadline and any(self.seats[w].process is not None for w in worker_ids):
             self._pump(0.05)
 
-    def _commit(self, consumer: Consumer, tps: list[TP] | None, synchronous: bool) -> dict[str, int]:
+    def _commit(
+        self, consumer: Consumer, tps: list[TP] | None, synchronous: bool, deadline: float = 0.0
+    ) -> dict[str, int]:
+        """Commit what is done (of ``tps``, or everything); a synchronous commit retries transient
+        broker errors until ``deadline`` (supervisor/consumer.py). Returns what was committed."""
         positions = self.dispatcher.commit_positions(tps)
         if not positions:
             return {}
-        offsets = [
-            TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()
-        ]
-        try:
-            if synchronous:
-                results = consumer.commit(offsets=offsets, asynchronous=False)
-                failed = [r for r in results if r.error is not None]
-                if failed:
-                    self.log.warning(
-                        "commit failed", errors=[f"{r.topic}/{r.partition}: {r.error}" for r in failed]
-                    )
-                    for r in failed:
-                        positions.pop((r.topic, r.partition), None)
-            else:
-                consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            self.log.warning("commit failed", error=str(exc), synchronous=synchronous)
-            return {}
+        if synchronous:
+            positions = commit_sync(consumer, positions, deadline, self.log)
+        else:
+            try:
+                commit_async(consumer, positions)
+            except KafkaException as exc:
+                self.log.warning("commit failed", error=str(exc), synchronous=False)
+                return {}
         self.dispatcher.mark_committed(positions)
         return {f"{t}/{p}": o for (t, p), o in positions.items()}
 
@@ -973,7 +970,9 @@ class TriggerRunner:
             sink.close(1.0)
         # Termination callbacks first: acks they give count in the commit that follows.
         self._terminate_workers(time.monotonic() + budget)
-        committed = self._commit(consumer, None, synchronous=True)
+        committed = self._commit(
+            consumer, None, synchronous=True, deadline=max(started + budget, time.monotonic() + 1.0)
+        )
         consumer.close()
         self.log.info(
             "stopped",
