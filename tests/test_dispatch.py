@@ -24,7 +24,8 @@ from streamworker.protocol import (
     Status,
     summarize_durations,
 )
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
+from streamworker.supervisor.failure_policy import FailurePolicy
 
 T = "orders"
 
@@ -40,7 +41,7 @@ def make(
     action: OnError = OnError.STOP,
     **kw: Any,
 ) -> Dispatcher:
-    policy = FailurePolicy(max_retries=max_retries, action=action, delay=lambda n: 0.5 * n)
+    policy = FailurePolicy(max_retries=max_retries, on_error=action, delay=lambda n: 0.5 * n)
     d = Dispatcher(DispatchSettings(mode=mode, num_workers=workers, **kw), policy)
     for w in range(workers):
         d.worker_ready(w)

@@ -16,7 +16,8 @@ from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
 from streamworker.snapshots import TriggerSnapshot
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
+from streamworker.supervisor.failure_policy import FailurePolicy
 from streamworker.supervisor.outputs import (
     OutputDelivery,
     OutputSink,
@@ -102,7 +103,7 @@ def make(
     action: OnError = OnError.STOP,
     **kw: Any,
 ) -> Dispatcher:
-    policy = FailurePolicy(max_retries=max_retries, action=action, delay=lambda n: 0.5 * n)
+    policy = FailurePolicy(max_retries=max_retries, on_error=action, delay=lambda n: 0.5 * n)
     d = Dispatcher(DispatchSettings(mode=mode, num_workers=1, **kw), policy)
     d.worker_ready(0)
     return d

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,6 @@ from streamworker.config.model import (
     AllocationMode,
     ExplicitAckMode,
     ExplicitAckScope,
-    OnError,
     StaticMapping,
 )
 from streamworker.protocol import (
@@ -50,6 +49,7 @@ from streamworker.protocol import (
     RESULT_RUN_DURATIONS,
     Status,
 )
+from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.offsets import PartitionOffsets
 from streamworker.supervisor.outputs import PendingOutputs
 
@@ -81,27 +81,6 @@ class DispatchSettings:
     static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
     # A record handled but left unacked this long is a failed attempt (None: no limit).
     ack_timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class FailurePolicy:
-    """Retry a failed record ``max_retries`` times, waiting ``delay(n)`` before retry n; then ``action``."""
-
-    max_retries: int
-    action: OnError
-    delay: Callable[[int], float]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A failed attempt and what was decided for it, for the runner to carry out, log and count."""
-
-    record: Record
-    error_type: str
-    error_message: str
-    # "retry" (after retry_in seconds), or the final action: "deadletter", "stop" or "skip".
-    action: str
-    retry_in: float = 0.0
 
 
 def record_size(key: bytes | None, value: bytes | None) -> int:
@@ -1058,23 +1037,23 @@ class Dispatcher:
         attempt = record[F_ATTEMPT]
         # The worker holds this lane now: the lane's next event must carry the retry flag.
         lane.hold = True
-        if attempt <= self.policy.max_retries:
+        action = self.policy.decide(attempt)
+        if action is Action.RETRY:
             self._count(topic, "retried")
             delay = self.policy.delay(attempt)
             record[F_ATTEMPT] = attempt + 1
             _return_in_order(lane, record)
             lane.not_before = now + delay
-            return Failure(record, error_type, message, "retry", delay)
-        action = self.policy.action
-        if action is OnError.SKIP:
+            return Failure(record, error_type, message, action, delay)
+        if action is Action.SKIP:
             self._finish(lane.partition, record, "skipped")
-        elif action is OnError.STOP:
+        elif action is Action.STOP:
             _return_in_order(lane, record)
             lane.partition.stopped = True
         else:
             lane.parked = record
             self._to_dead_letter.append((record, error_type, message))
-        return Failure(record, error_type, message, action.value)
+        return Failure(record, error_type, message, action)
 
     # -- outputs (see supervisor/outputs.py) ----------------------------------------------------
     def outputs_sent(

@@ -45,12 +45,11 @@ from streamworker.supervisor.deadletter import DeadLetterSink, producer_settings
 from streamworker.supervisor.dispatch import (
     Dispatcher,
     DispatchSettings,
-    Failure,
-    FailurePolicy,
     Item,
     Run,
     record_size,
 )
+from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.outputs import MESSAGE_TIMEOUT_MS as OUTPUT_MESSAGE_TIMEOUT_MS
 from streamworker.supervisor.outputs import OutputSink, OutputStats, PendingOutputs
 from streamworker.supervisor.workers import WorkerProcess, WorkerState, describe_exit
@@ -160,7 +159,7 @@ class TriggerRunner:
             ),
             FailurePolicy(
                 max_retries=self.attrs.max_retries,
-                action=self.attrs.failure_action,
+                on_error=self.attrs.failure_action,
                 delay=self._retry_backoff.delay,
             ),
         )
@@ -377,7 +376,8 @@ class TriggerRunner:
         record = failure.record
         where = {"topic": record[F_TOPIC], "partition": record[F_PARTITION], "offset": record[F_OFFSET]}
         error = {"error_type": failure.error_type, "error": failure.error_message}
-        if failure.action == "retry":
+        action = failure.action
+        if action is Action.RETRY:
             self.log.error(
                 "handler failed; will retry",
                 **where,
@@ -385,9 +385,9 @@ class TriggerRunner:
                 next_attempt=record[F_ATTEMPT],
                 retry_in_s=round(failure.retry_in, 3),
             )
-        elif failure.action == "skip":
+        elif action is Action.SKIP:
             self.log.error("handler failed; retries exhausted; record skipped", **where, **error)
-        elif failure.action == "stop":
+        elif action is Action.STOP:
             self.log.error(
                 "handler failed; retries exhausted; partition stopped until restart",
                 **where,
@@ -395,7 +395,7 @@ class TriggerRunner:
             )
             if self.consumer is not None:
                 self.consumer.pause([TopicPartition(record[F_TOPIC], record[F_PARTITION])])
-        else:
+        else:  # Action.DEAD_LETTER: produced by _serve_dead_letters
             self.log.error(
                 "handler failed; retries exhausted; sending to the dead-letter topic",
                 **where,
