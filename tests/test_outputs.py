@@ -14,7 +14,8 @@ from test_worker_process import HANDLERS, WorkerHarness, statuses, wire_event, w
 
 from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.observability.metrics import MetricsObserver
-from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
+from streamworker.protocol import Msg, Status, WorkerInit
+from streamworker.records import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, R_SEQ, new_record
 from streamworker.snapshots import TriggerSnapshot
 from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
 from streamworker.supervisor.failure_policy import FailurePolicy
@@ -94,7 +95,7 @@ def test_produce_outside_a_record_is_refused_and_inside_one_is_recorded() -> Non
 
 
 def rec(partition: int, offset: int, value: bytes = b"v", key: bytes | None = None) -> Record:
-    return [0, 0, T, partition, offset, key, value, None, None, 1, False, len(value) + len(key or b"")]
+    return new_record(T, partition, offset, key, value, None, None)
 
 
 def make(
@@ -228,7 +229,7 @@ def test_a_run_commits_up_to_its_first_record_with_outputs_in_flight() -> None:
     [wire] = d.take_dispatches(0.0)[0]
     pending = d.outputs_sent((T, 0), 2, [OUT])
     assert pending is not None
-    d.complete(0, [[wire[0], Status.OK, 0.0, None, None, [4, 0.01, [4] + [0] * 16]]], 0.0)
+    d.complete(0, [[wire[R_SEQ], Status.OK, 0.0, None, None, [4, 0.01, [4] + [0] * 16]]], 0.0)
     assert position(d) == 2
     assert d.buffered_total() == 1
     d.output_delivered(pending, SIZE, None, 0.1)

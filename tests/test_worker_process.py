@@ -20,16 +20,8 @@ from typing import Any
 
 import pytest
 
-from streamworker.protocol import (
-    EVENT_FIELDS,
-    RUN_FIELDS,
-    FrameReader,
-    Msg,
-    ProtocolError,
-    Status,
-    WorkerInit,
-    encode,
-)
+from streamworker.protocol import FrameReader, Msg, ProtocolError, Status, WorkerInit, encode
+from streamworker.records import RUN_FIELDS, new_event, new_run
 from streamworker.supervisor.workers import WorkerProcess
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
@@ -65,7 +57,7 @@ def wire_event(
         "attempt": attempt,
         "retry": retry,
     }
-    return [values[name] for name in EVENT_FIELDS]
+    return new_event(**values)
 
 
 def unread_bytes(pipe_fd: int) -> int:
@@ -628,7 +620,7 @@ def wire_run(
         "headers": [None] * count,
         "timestamps": [1_700_000_000_000 + i for i in range(count)],
     }
-    return [values[name] for name in RUN_FIELDS]
+    return new_run(**values)
 
 
 PROGRESS = Status.PROGRESS

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streamworker.protocol import F_ATTEMPT, F_HEADERS, F_KEY, F_OFFSET, F_PARTITION, F_TOPIC, F_VALUE
+from streamworker.records import F_ATTEMPT, F_HEADERS, F_KEY, F_OFFSET, F_PARTITION, F_TOPIC, F_VALUE
 from streamworker.supervisor.backoff import Backoff
 
 MAX_ERROR_MESSAGE_BYTES = 1000

@@ -13,7 +13,7 @@ Vocabulary
   worker *holds* its lane: later records of that lane it already has come back DEFERRED, unrun.
   The supervisor re-sends the failed record (flagged ``retry``, which lifts the hold) after its
   backoff, followed by the deferred ones.
-- Records are wire events (lists, see ``protocol.EVENT_FIELDS``) from fetch to completion: no
+- Records are wire events (lists, see ``records.EVENT_FIELDS``) from fetch to completion: no
   per-record objects besides the list that is sent anyway.
 - In pool and static mode with acks not explicit, fetched records arrive as ``Run`` s instead:
   consecutive records of one partition kept as columns, dispatched, sent and completed as one unit
@@ -36,7 +36,8 @@ from streamworker.config.model import (
     ExplicitAckScope,
     StaticMapping,
 )
-from streamworker.protocol import (
+from streamworker.protocol import RESULT_RUN_DURATIONS, Status
+from streamworker.records import (
     F_ATTEMPT,
     F_KEY,
     F_LANE,
@@ -46,8 +47,9 @@ from streamworker.protocol import (
     F_SEQ,
     F_SIZE,
     F_TOPIC,
-    RESULT_RUN_DURATIONS,
-    Status,
+    new_record,
+    new_run,
+    record_size,
 )
 from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.offsets import PartitionOffsets
@@ -81,11 +83,6 @@ class DispatchSettings:
     static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
     # A record handled but left unacked this long is a failed attempt (None: no limit).
     ack_timeout: float | None = None
-
-
-def record_size(key: bytes | None, value: bytes | None) -> int:
-    """Key + value bytes of one record: what buffer and window limits count (``protocol.F_SIZE``)."""
-    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
 
 
 def _byte_size(keys: list[Any], values: list[Any]) -> int:
@@ -141,7 +138,7 @@ class Run:
         self.values = values
         self.headers = headers
         self.timestamps = timestamps
-        # Key + value bytes of all records, for buffer and window accounting (as F_SIZE of a record).
+        # Key + value bytes of all records, for buffer and window accounting (as ``F_SIZE`` of a record).
         self.size = _byte_size(keys, values) if size is None else size
         self.lane = 0
         self.seq = 0
@@ -152,8 +149,8 @@ class Run:
         return len(self.offsets)
 
     def wire(self) -> list[Any]:
-        """The run as sent to a worker (``protocol.RUN_FIELDS``)."""
-        return [
+        """The run as sent to a worker (``records.RUN_FIELDS``)."""
+        return new_run(
             self.seq,
             self.lane,
             self.topic,
@@ -164,7 +161,7 @@ class Run:
             self.values,
             self.headers,
             self.timestamps,
-        ]
+        )
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
@@ -193,9 +190,7 @@ class Run:
         keys, values = self.keys, self.values
 
         return [
-            [
-                seq,
-                lane,
+            new_record(
                 topic,
                 partition,
                 self.offsets[i],
@@ -203,10 +198,9 @@ class Run:
                 values[i],
                 self.headers[i],
                 self.timestamps[i] if self.timestamps[i] >= 0 else None,
-                1,
-                False,
-                record_size(keys[i], values[i]),
-            ]
+                seq,
+                lane,
+            )
             for i in range(start, len(self.offsets) if stop is None else stop)
         ]
 

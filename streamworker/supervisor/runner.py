@@ -27,17 +27,8 @@ from streamworker.config.kafka_settings import consumer_settings
 from streamworker.config.model import AllocationMode, ExplicitAckMode, FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
 from streamworker.observability.ratelimit import RepeatLimiter
-from streamworker.protocol import (
-    F_ATTEMPT,
-    F_OFFSET,
-    F_PARTITION,
-    F_TOPIC,
-    RESULT_RUN_DURATIONS,
-    Msg,
-    ProtocolError,
-    Status,
-    WorkerInit,
-)
+from streamworker.protocol import RESULT_RUN_DURATIONS, Msg, ProtocolError, Status, WorkerInit
+from streamworker.records import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC, new_record
 from streamworker.snapshots import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.consumer import commit_async, commit_sync
@@ -47,7 +38,6 @@ from streamworker.supervisor.dispatch import (
     DispatchSettings,
     Item,
     Run,
-    record_size,
 )
 from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.outputs import MESSAGE_TIMEOUT_MS as OUTPUT_MESSAGE_TIMEOUT_MS
@@ -761,23 +751,16 @@ class TriggerRunner:
                     self.log.warning("fetch error", error=error.str(), topic=message.topic())
                 continue
             ts_type, ts = message.timestamp()
-            key = message.key()
-            value = message.value()
             append(
-                [
-                    0,
-                    0,
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    key,
-                    value,
+                new_record(
+                    message.topic(),  # type: ignore[arg-type]  # set on every message that is not an error
+                    message.partition(),  # type: ignore[arg-type]
+                    message.offset(),  # type: ignore[arg-type]
+                    message.key(),
+                    message.value(),
                     message.headers(),
                     ts if ts_type else None,
-                    1,
-                    False,
-                    record_size(key, value),
-                ]
+                )
             )
         return records
 

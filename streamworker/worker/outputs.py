@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from streamworker.protocol import F_HEADERS, F_KEY
+from streamworker.records import F_HEADERS, F_KEY
 
 __all__ = ["OutputError", "make_output", "return_value_output"]
 

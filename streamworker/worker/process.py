@@ -25,18 +25,6 @@ from typing import Any
 
 from streamworker.observability.logging import bind_call_context, configure_logging, get_logger
 from streamworker.protocol import (
-    F_LANE,
-    F_OFFSET,
-    F_PARTITION,
-    F_RETRY,
-    F_SEQ,
-    F_TOPIC,
-    R_OFFSETS,
-    R_PARTITION,
-    R_RETRY,
-    R_TIMESTAMPS,
-    R_TOPIC,
-    RUN_LENGTH,
     FrameReader,
     Msg,
     ProtocolError,
@@ -45,6 +33,22 @@ from streamworker.protocol import (
     encode,
     summarize_durations,
     write_all_blocking,
+)
+from streamworker.records import (
+    F_KIND,
+    F_LANE,
+    F_OFFSET,
+    F_PARTITION,
+    F_RETRY,
+    F_SEQ,
+    F_TOPIC,
+    KIND_RUN,
+    R_OFFSETS,
+    R_PARTITION,
+    R_RETRY,
+    R_TIMESTAMPS,
+    R_TOPIC,
+    new_event,
 )
 from streamworker.worker.loader import (
     INIT_CONTEXT_NAME,
@@ -284,7 +288,7 @@ class Worker:
         for item in inbox:
             if type(item) is list and item[F_LANE] in lanes:
                 result = [item[F_SEQ], _DEFERRED, 0.0, None, None]
-                if len(item) == RUN_LENGTH:
+                if item[F_KIND] == KIND_RUN:
                     result.append(summarize_durations([]))
                 self._results.append(result)
         inbox.clear()
@@ -527,7 +531,7 @@ class Worker:
 
             with inbox_lock:
                 item = inbox.popleft()
-                if type(item) is list and len(item) == RUN_LENGTH:
+                if type(item) is list and item[F_KIND] == KIND_RUN:
                     # Active from the moment it leaves the inbox, so a CANCEL read meanwhile stops it.
                     self._run_cancelled = False
                     self._run_active = [item[F_SEQ], 0, [], item[F_LANE]]
@@ -537,7 +541,7 @@ class Worker:
                     return code
                 last_flush = perf()
                 continue
-            if len(item) == RUN_LENGTH:
+            if item[F_KIND] == KIND_RUN:
                 code = await self._run(item)
                 if code is not None:
                     return code
@@ -632,9 +636,18 @@ class Worker:
             if self._run_cancelled:  # set by CANCEL, read from the pipe while a call awaited
                 final = [seq, _DEFERRED, 0.0, None, None]
                 break
-            wire = [seq, lane, topic, partition, offsets[index], keys[index], values[index]]
             stamp = stamps[index]
-            wire += (headers[index], stamp if stamp >= 0 else None, 1, False)
+            wire = new_event(
+                seq,
+                lane,
+                topic,
+                partition,
+                offsets[index],
+                keys[index],
+                values[index],
+                headers[index],
+                stamp if stamp >= 0 else None,
+            )
             event = Event(wire, trigger, decode)
             logger.current_event = event
             self._handling = event
