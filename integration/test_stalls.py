@@ -73,7 +73,7 @@ class _FatalAfter:
         messages = self._consumer.consume(num_messages, timeout)
         if not self.injected and self._when():
             self.injected = True
-            self._runner._on_kafka_error(
+            self._runner.kafka.on_client_error(
                 KafkaError(
                     KafkaError._FENCED,
                     "Fatal error: static consumer fenced by other consumer with same group.instance.id",

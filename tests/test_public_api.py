@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -69,7 +70,17 @@ DEV_ONLY_MODULES = (
 
 
 def test_wheel_holds_only_the_runtime(tmp_path: Path) -> None:
-    """The wheel (what the image installs) is streamworker's runtime plus py.typed: no devtools."""
+    """The wheel (what the image installs) is streamworker's runtime plus py.typed: no devtools.
+
+    Built from a copy of the checkout's sources (devtools included, so the package selection is
+    what keeps it out), as the Dockerfile does: no build/ left in the checkout, none reused."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("streamworker", "devtools"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
     build = subprocess.run(
         [
             sys.executable,
@@ -80,8 +91,8 @@ def test_wheel_holds_only_the_runtime(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--quiet",
             "--wheel-dir",
-            str(tmp_path),
-            str(ROOT),
+            str(wheels),
+            str(source),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -89,7 +100,7 @@ def test_wheel_holds_only_the_runtime(tmp_path: Path) -> None:
         timeout=300,
     )
     assert build.returncode == 0, build.stderr
-    (wheel,) = tmp_path.glob("streamworker-*.whl")
+    (wheel,) = wheels.glob("streamworker-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     code = [n for n in names if ".dist-info/" not in n]

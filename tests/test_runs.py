@@ -6,7 +6,7 @@ from confluent_kafka import KafkaError, Message
 
 from streamworker.records import F_OFFSET, F_SIZE, F_TIMESTAMP_MS
 from streamworker.supervisor.dispatch import Run
-from streamworker.supervisor.runner import split_into_runs
+from streamworker.supervisor.intake import split_into_runs
 
 
 def message(topic: str, partition: int, offset: int, value: bytes | None = b"v", **kw: object) -> Message:

@@ -342,6 +342,6 @@ def test_workers_do_not_inherit_secret_variables_unless_spec_env_names_them(fn_d
         runner._start_workers()
         names = set(json.loads(seen.read_text()))
     finally:
-        runner._terminate_workers(time.monotonic() + 10)
+        runner.pool.terminate(time.monotonic() + 10)
     assert "KAFKA_PASSWORD" not in names
     assert {"OAUTH", "UNRELATED"} <= names
