@@ -29,7 +29,7 @@ from streamworker.supervisor.outputs import (
 )
 from streamworker.testing import HandlerHarness, Output
 from streamworker.worker.outputs import OutputError, make_output, return_value_output
-from streamworker.worker.process import Worker
+from streamworker.worker.process import WorkerLoop
 from streamworker.worker.sdk import Event, Platform, Response
 
 T = "orders"
@@ -431,7 +431,7 @@ def test_an_async_handler_produces_and_returns_outputs(worker: WorkerHarness) ->
 
 
 def test_outputs_for_a_record_that_is_done_are_refused() -> None:
-    worker = Worker(-1, -1)
+    worker = WorkerLoop(-1, -1)
     event = Event.create(b"x", topic="orders", partition=1, offset=8)
     with pytest.raises(RuntimeError, match="record orders/1/8 is done"):
         worker._on_output(event, make_output("o", b"late"))

@@ -329,7 +329,7 @@ class PartitionState:
 
 
 @dataclass
-class WorkerSlot:
+class WorkerQueue:
     """The dispatcher's view of one worker: ready or not, and what is queued on it, in order."""
 
     ready: bool = False
@@ -359,7 +359,7 @@ class Dispatcher:
         self._lanes: dict[int, Lane] = {}
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
         self._inflight: dict[int, Item] = {}  # seq -> record or run queued on a worker
-        self._workers = [WorkerSlot() for _ in range(settings.num_workers)]
+        self._workers = [WorkerQueue() for _ in range(settings.num_workers)]
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
         self._suspects: set[tuple[str, int, int]] = set()
@@ -704,7 +704,7 @@ class Dispatcher:
             del self._runnable[lane_id]
         return {wid: batch for wid, batch in out.items() if batch}
 
-    def _take_runs(self, lane: Lane, wid: int, slot: WorkerSlot, free: int, batch: list[Record]) -> int:
+    def _take_runs(self, lane: Lane, wid: int, slot: WorkerQueue, free: int, batch: list[Record]) -> int:
         """Queue the lane's leading runs on worker ``wid`` (split to fit). Returns how many records."""
         pending = lane.pending
         budget = min(free, self.settings.run_batch)
@@ -787,7 +787,7 @@ class Dispatcher:
             else:
                 free[wid] = 0
 
-    def _fit_bytes(self, pending: deque[Item], slot: WorkerSlot, count: int) -> int:
+    def _fit_bytes(self, pending: deque[Item], slot: WorkerQueue, count: int) -> int:
         """How many of the next ``count`` records fit in the worker's byte window (a record larger
         than the whole window goes alone, on an empty worker), so no frame outgrows the window."""
         room = self.settings.window_bytes - slot.outstanding_bytes
@@ -872,7 +872,7 @@ class Dispatcher:
 
     def _complete_run(
         self,
-        slot: WorkerSlot,
+        slot: WorkerQueue,
         result: Result,
         now: float,
         failures: list[Failure],
@@ -922,7 +922,7 @@ class Dispatcher:
             touched.append(lane)
 
     @staticmethod
-    def _drop_outstanding(slot: WorkerSlot, seq: int) -> None:
+    def _drop_outstanding(slot: WorkerQueue, seq: int) -> None:
         """Remove ``seq`` from the worker's queue (usually its head; a cancel can reorder results)."""
         outstanding = slot.outstanding
         if outstanding and outstanding[0] == seq:

@@ -1,7 +1,7 @@
 """The worker process: runs the user's handler on events sent by the supervisor.
 
 Started as ``python -m streamworker.worker --in-fd N --out-fd M``; the two descriptors are pipes to
-and from the supervisor carrying ``streamworker.protocol`` frames. See ``Worker`` for the behaviour.
+and from the supervisor carrying ``streamworker.protocol`` frames. See ``WorkerLoop`` for the behaviour.
 
 Exit codes: 0 after TERMINATE (or when the supervisor closed our input pipe), 2 protocol error,
 3 INIT_FAILED, 70 supervisor gone (parent changed, or our output pipe is broken).
@@ -50,6 +50,7 @@ from streamworker.records import (
     R_TOPIC,
     new_event,
 )
+from streamworker.worker.handler_call import call_maybe_async, what_it_returned
 from streamworker.worker.loader import (
     INIT_CONTEXT_NAME,
     HandlerLoadError,
@@ -58,7 +59,7 @@ from streamworker.worker.loader import (
     format_traceback,
     load_handler,
 )
-from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
+from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo
 
 __all__ = [
     "EXIT_INIT_FAILED",
@@ -66,7 +67,7 @@ __all__ = [
     "EXIT_PROTOCOL_ERROR",
     "EXIT_SUPERVISOR_GONE",
     "LOG_FORMAT_ENV_VAR",
-    "Worker",
+    "WorkerLoop",
     "main",
 ]
 
@@ -148,8 +149,8 @@ def _one_line(exc: BaseException) -> str:
     return text[:MAX_ERROR_MESSAGE]
 
 
-class Worker:
-    """One worker: reads frames from ``in_fd``, writes frames to ``out_fd``.
+class WorkerLoop:
+    """The loop inside one worker process: reads frames from ``in_fd``, writes frames to ``out_fd``.
 
     Everything runs on one asyncio loop for the life of the process, so tasks a handler starts keep
     running between events and while idle. Events run one at a time, in the order received; DRAIN and
@@ -480,9 +481,7 @@ class Worker:
         init_context = self.loaded.init_context
         if init_context is not None:
             try:
-                result = init_context(self.context)
-                if inspect.isawaitable(result):
-                    await result
+                await call_maybe_async(init_context, self.context)
             except BaseException as exc:  # SystemExit or a cancelled await count as failures too
                 handler = f"{self.loaded.module_name}:{INIT_CONTEXT_NAME}"
                 message = f"{handler} raised {type(exc).__name__}: {_one_line(exc)}"
@@ -515,6 +514,7 @@ class Worker:
         sleep = asyncio.sleep
         set_current_event = context.platform.set_current_event
         output_topic = self._output_topic
+        output_headers = self._output_headers
         last_flush = perf()
 
         while True:
@@ -563,13 +563,17 @@ class Worker:
             set_current_event(event)
             t0 = perf()
             try:
-                result = handler(context, event)
+                result = handler(context, event)  # handler_call.call_maybe_async, inlined
                 if result is not None and isawaitable(result):
                     result = await result
                 t1 = perf()
-                status = _NO_ACK if result is not None and is_no_ack(result) else _OK
-                if result is not None and output_topic is not None:
-                    self._return_output(result, item, output_topic)
+                status = _OK
+                if result is not None:
+                    no_ack, output = what_it_returned(result, item, output_topic, output_headers)
+                    if no_ack:
+                        status = _NO_ACK
+                    if output is not None:
+                        self._record_outputs.append(output)
                 if self._record_outputs:
                     self._outputs_done(item[F_TOPIC], item[F_PARTITION], item[F_OFFSET])
                 if self._open_all or (status == _NO_ACK and self._open_no_ack):
@@ -619,6 +623,7 @@ class Worker:
         context = self.context
         set_current_event = context.platform.set_current_event
         output_topic = self._output_topic
+        output_headers = self._output_headers
         logger = context.logger
         trigger = self.trigger
         decode = self.decode_strings
@@ -654,15 +659,17 @@ class Worker:
             set_current_event(event)
             t0 = perf()
             try:
-                result = handler(context, event)
+                result = handler(context, event)  # handler_call.call_maybe_async, inlined
                 if result is not None and isawaitable(result):
                     result = await result
-                if result is not None and output_topic is not None:
-                    self._return_output(result, wire, output_topic)
+                if result is not None:
+                    # acks are not explicit for runs: a no-ack response means nothing.
+                    output = what_it_returned(result, wire, output_topic, output_headers)[1]
+                    if output is not None:
+                        self._record_outputs.append(output)
                 if self._record_outputs:
                     # Queued before the duration that reports the record done (see ``_flush``).
                     self._outputs_done(topic, partition, offsets[index])
-                # acks are not explicit for runs: a no-ack response means nothing.
                 durations.append(perf() - t0)
             except Exception as exc:
                 final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
@@ -702,16 +709,6 @@ class Worker:
             )
             logger.current_event = None
         return None
-
-    def _return_output(self, result: Any, wire: list[Any], topic: str) -> None:
-        """attributes.outputTopic: the return value becomes the record's last output."""
-        # Imported here to keep this module's import block as it is on other branches (a merge aid);
-        # after the first call it is a dictionary lookup.
-        from streamworker.worker.outputs import return_value_output
-
-        output = return_value_output(result, wire, topic, self._output_headers)
-        if output is not None:
-            self._record_outputs.append(output)
 
     def _outputs_done(self, topic: str, partition: int, offset: int) -> None:
         """The handler returned: queue the record's outputs, ahead of its result."""
@@ -756,9 +753,7 @@ class Worker:
         if callback is None:
             return
         try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
+            await call_maybe_async(callback)
         except Exception as exc:
             self._log.error(f"{what} callback raised", error_type=type(exc).__name__, exc_info=exc)
         # Acks made by the callback go out before the DRAINED/TERMINATED that follows.
@@ -807,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.set_inheritable(args.out_fd, False)
 
     configure_logging("info", _log_format())
-    worker = Worker(args.in_fd, args.out_fd)
+    worker = WorkerLoop(args.in_fd, args.out_fd)
     code = asyncio.run(worker.run())
     sys.stdout.flush()
     _hard_exit_after(code, 2.0)
