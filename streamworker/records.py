@@ -166,7 +166,3 @@ def new_run(
 ) -> list[Any]:
     """A run as sent to a worker."""
     return [KIND_RUN, seq, lane, topic, partition, retry, offsets, keys, values, headers, timestamps]
-
-
-def is_run(item: list[Any]) -> bool:
-    return bool(item[F_KIND] == KIND_RUN)

@@ -1334,10 +1334,6 @@ class Dispatcher:
     def has_dead_letters(self) -> bool:
         return bool(self._to_dead_letter)
 
-    @property
-    def has_runnable(self) -> bool:
-        return bool(self._runnable)
-
     def next_retry_at(self, now: float) -> float | None:
         """When the earliest lane waiting out a retry backoff becomes due (None: no lane waits)."""
         times = [lane.not_before for lane in self._runnable.values() if lane.not_before > now]

@@ -20,7 +20,6 @@ __all__ = ["OutputError", "make_output", "return_value_output"]
 
 # outputHeaders: which headers of the input a return-value output carries.
 HEADERS_COPY = "copy"
-HEADERS_NONE = "none"
 
 
 class OutputError(Exception):
