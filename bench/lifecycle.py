@@ -61,7 +61,7 @@ from common import (
     write_section,
 )
 
-from streamworker.devbroker import (
+from devtools.broker import (
     LocalBroker,
     Record,
     committed_offsets,

@@ -71,7 +71,7 @@ import workloads
 from common import BenchError, fmt_ms, say, unique
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streamworker.devbroker import LocalBroker, Record, create_topics, die_with_parent_preexec_fn, produce
+from devtools.broker import LocalBroker, Record, create_topics, die_with_parent_preexec_fn, produce
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS = BENCH_DIR / "peers.py"

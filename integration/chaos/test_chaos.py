@@ -45,8 +45,8 @@ from chaos_harness import (
 from chaos_proxy import BrokerLink
 from chaos_verdict import RunRecord, bound_problems, group_activity, judge, render
 
+from devtools.broker import committed_offsets, create_topics
 from streamworker.config import model
-from streamworker.devbroker import committed_offsets, create_topics
 
 LONG_RUN = os.environ.get("STREAMWORKER_CHAOS", "").strip().lower() == "long"
 SEED = int(os.environ.get("STREAMWORKER_CHAOS_SEED", "7"))
