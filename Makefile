@@ -12,7 +12,7 @@
 #   make chaos        the long chaos run (integration/chaos/, several minutes, prints the verdict table;
 #                     the short run is part of make test). STREAMWORKER_CHAOS_SEED=N changes the fault
 #                     schedule, STREAMWORKER_CHAOS_ARTIFACTS=DIR keeps the ledger, logs and verdict.
-#   make demo         python -m streamworker.demo
+#   make demo         python -m devtools.demo (devtools/ is dev tooling: in the checkout, not in the wheel)
 #   make bench        install the bench extra (sentry-arroyo, py-spy, pyinstrument) and Quix Streams (its own
 #                     virtualenv, .venv/quix), then run bench/throughput.py (~15 min; writes bench/RESULTS.md).
 #                     BENCH_ARGS=--quick for a smoke run that writes nothing; BENCH_ARGS=--all for every
@@ -31,10 +31,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# devtools/ (local broker, test certificates, demo) stays out of the wheel: the checkout's root goes on
+# the venv's sys.path instead (a .pth file), so tests, bench and `python -m devtools.demo` import it.
 # The stamp is touched only after a successful install, so a failed install is retried next time.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "streamworker-checkout.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
 	touch $@
 
 define LINT
@@ -73,7 +76,7 @@ chaos: venv
 	STREAMWORKER_CHAOS=long $(BIN)/python -m pytest integration/chaos -s
 
 demo: venv
-	$(BIN)/python -m streamworker.demo
+	$(BIN)/python -m devtools.demo
 
 # quixstreams >= 3 pins confluent-kafka < 2.13 while sentry-arroyo needs >= 2.13.2: Quix Streams gets its own
 # virtualenv. If it does not install, the benchmark skips it and says so (hence the leading '-').

@@ -10,7 +10,7 @@ from common import BenchError, say, unique
 from plan import KEYS, NOOP_OUT, STATS_FLUSH_WAIT_S, VALUE_BYTES, Contender, Context, Metrics, Workload
 from procs import CpuWatch, OffsetPoller, launch, memory_metrics, wait_committed
 
-from streamworker.devbroker import Record, create_topics, produce
+from devtools.broker import Record, create_topics, produce
 
 
 def fill_topic(ctx: Context, workload: Workload) -> tuple[str, dict[int, int]]:

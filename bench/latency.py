@@ -16,7 +16,7 @@ from harness import median_of, run_and_store
 from plan import KEYS, PEERS, STATS_FLUSH_WAIT_S, VALUE_BYTES, Contender, Context, Metrics, Workload
 from procs import CpuWatch, OffsetPoller, launch, wait_committed
 
-from streamworker.devbroker import Record, create_topics, produce
+from devtools.broker import Record, create_topics, produce
 
 
 def reference_rate(ctx: Context, workload: Workload, contender: Contender) -> float:

@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/lifecycle.py [--runs 3]
 
-It starts its own local Tansu broker (``streamworker.devbroker.LocalBroker``), runs real
+It starts its own local Tansu broker (``devtools.broker.LocalBroker``), runs real
 ``python -m streamworker --config function.yaml`` processes against it, prints progress, prints a table
 of medians and writes (or replaces) the ``lifecycle`` section of ``bench/RESULTS.md``, with the machine
 it ran on. Every run uses a fresh topic and consumer group and the "quick" timeout profile of
@@ -61,7 +61,7 @@ from common import (
     write_section,
 )
 
-from streamworker.devbroker import (
+from devtools.broker import (
     LocalBroker,
     Record,
     committed_offsets,

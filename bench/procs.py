@@ -31,7 +31,7 @@ from plan import (
     Metrics,
 )
 
-from streamworker.devbroker import create_topics, die_with_parent_preexec_fn
+from devtools.broker import create_topics, die_with_parent_preexec_fn
 
 
 class OffsetPoller:

@@ -30,7 +30,7 @@ from drain import fill_topic
 from plan import FULL, NOOP, Contender, Context
 from procs import OffsetPoller, launch, wait_committed
 
-from streamworker.devbroker import LocalBroker
+from devtools.broker import LocalBroker
 
 WRAPPER = """\
 import json, os, runpy, sys, threading, time

@@ -16,7 +16,7 @@ Run from the repository root (``make bench`` does both steps)::
     .venv/bin/pip install -e '.[dev,bench]'
     .venv/bin/python bench/throughput.py [--quick] [--runs N] [--only PATTERN] [--quix-python PATH]
 
-It starts its own local Tansu broker (``streamworker.devbroker.LocalBroker``), prints progress while it
+It starts its own local Tansu broker (``devtools.broker.LocalBroker``), prints progress while it
 runs, prints tables of medians and (full runs only) writes the ``throughput`` section of
 ``bench/RESULTS.md`` with the machine and versions, keeping the other sections.
 
@@ -97,7 +97,7 @@ from plan import (
 from profiling import profile_run, pyspy_binary
 from report import print_tables, section
 
-from streamworker.devbroker import LocalBroker
+from devtools.broker import LocalBroker
 
 
 def throughput_action(

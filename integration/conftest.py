@@ -10,7 +10,7 @@ Rules for tests (see ``/work/shared/notes/broker.md``):
 * one timeout profile per consumer group: every member (streamworker or plain consumer) of a group
   uses the same ``quick_profile()`` / ``QUICK_CONSUMER_CONFIG`` (or the "fast" pair, needed for
   static membership);
-* take end offsets from :func:`streamworker.devbroker.produce` (delivery reports), not ListOffsets;
+* take end offsets from :func:`devtools.broker.produce` (delivery reports), not ListOffsets;
 * wait for conditions with :func:`wait_until` (bounded), never with a bare sleep.
 
 Tests should get the helpers through fixtures (``wait_until``, ``quick_profile``, ``function_dir``,
@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 import pytest
 import yaml
 
-from streamworker.devbroker import LocalBroker, die_with_parent_preexec_fn
+from devtools.broker import LocalBroker, die_with_parent_preexec_fn
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 BROKERS_ENV = "STREAMWORKER_TEST_BROKERS"

@@ -25,7 +25,7 @@ from typing import Any
 
 from ledger_source import LEDGER_WRITE
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 HANDLER = (
     """

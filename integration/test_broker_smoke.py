@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Message
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 QUICK = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 400, "max.poll.interval.ms": 30000}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 # The ledger writer, dropped next to main.py in every function folder (importable because the
 # function's folder is first on sys.path).

@@ -42,8 +42,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamworker.config.durations import parse_duration
-from streamworker.devbroker import (
+from devtools.broker import (
     Record,
     committed_offsets,
     create_topics,
@@ -52,6 +51,7 @@ from streamworker.devbroker import (
     produce,
     resolve_tansu_binary,
 )
+from streamworker.config.durations import parse_duration
 
 HANDLER = """
 import asyncio

@@ -37,7 +37,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 HANDLER = """
 import json

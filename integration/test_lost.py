@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 HANDLER = """
 import json

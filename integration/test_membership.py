@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 NOOP_HANDLER = """
 def handler(context, event):

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 # nuclio-sdk is a runtime dependency of streamworker: the handlers below import it, never skipped.
 

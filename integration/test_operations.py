@@ -1,7 +1,7 @@
 """Operations against a real broker: /live, /ready and /metrics moving with a run, TLS and SASL end
 to end, and secrets kept out of every output.
 
-The local Tansu broker cannot serve TLS or SASL (see ``streamworker.devsecurity``), so those tests
+The local Tansu broker cannot serve TLS or SASL (see ``devtools.security``), so those tests
 run a dedicated Tansu behind ``SecurityProxy``, a TLS- and SASL-terminating proxy that the broker
 advertises as itself, so every connection librdkafka makes goes through it. Proven: the tls
 section's settings make librdkafka verify the server against the configured CA (and refuse another
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamworker.devbroker import LocalBroker, Record, committed_offsets, create_topics, produce
-from streamworker.devsecurity import Pki, SecurityProxy, make_pki
+from devtools.broker import LocalBroker, Record, committed_offsets, create_topics, produce
+from devtools.security import Pki, SecurityProxy, make_pki
 
 PASSWORD = "It-is-a-Secret-0b5e2d"
 

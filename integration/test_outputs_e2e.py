@@ -33,7 +33,7 @@ from test_failure_policy import (  # noqa: F401 - dead_letter_broker is a fixtur
     wait_committed,
 )
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 HANDLER = """
 import os

@@ -35,7 +35,7 @@ from test_lifecycle import (
     wait_committed,
 )
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 
 def test_a_handler_killed_at_the_rebalance_deadline_is_run_again_not_skipped(

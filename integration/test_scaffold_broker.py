@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
+from devtools.broker import Record, committed_offsets, create_topics, produce
 
 
 def test_scaffolded_function_consumes_and_commits(

@@ -24,8 +24,8 @@ from confluent_kafka import KafkaError
 from test_backpressure import log_time
 from test_operations import function_config, health_port, http_get, metric, metrics, metrics_text
 
+from devtools.broker import Record, committed_offsets, create_topics, produce
 from streamworker.config import load_config
-from streamworker.devbroker import Record, committed_offsets, create_topics, produce
 from streamworker.observability.health import IDLE_TIMEOUT_S, MAX_CONNECTIONS, HealthAddress, HealthServer
 from streamworker.observability.metrics import MetricsObserver
 from streamworker.supervisor.runner import Outcome, RunnerOptions, TriggerRunner
@@ -73,7 +73,7 @@ class _FatalAfter:
         messages = self._consumer.consume(num_messages, timeout)
         if not self.injected and self._when():
             self.injected = True
-            self._runner._on_kafka_error(
+            self._runner.kafka.on_client_error(
                 KafkaError(
                     KafkaError._FENCED,
                     "Fatal error: static consumer fenced by other consumer with same group.instance.id",

@@ -7,16 +7,16 @@ throughput; a worker still runs one handler call at a time.
 
 Supervisor -> worker
     [INIT, {WorkerInit fields}]                    first frame, exactly once
-    [EVENTS, [event, ...]]                         event = WireEvent as a list (see ``EVENT_FIELDS``)
+    [EVENTS, [item, ...]]                          item = an event or a run (``streamworker/records.py``)
     [DRAIN, request_id]                            run drain callbacks, answer DRAINED
     [TERMINATE]                                    run termination callbacks, answer TERMINATED, exit 0
     [CANCEL, [lane, ...]]                          drop queued (not started) events of these lanes,
                                                    answering DEFERRED for each (partitions revoked)
 
-    An item of EVENTS is either one event (a list of ``EVENT_FIELDS``) or a *run*: consecutive
-    records of one partition sent as columns (a list of ``RUN_FIELDS``), which the worker runs in
-    order and reports as one (run results below). Runs are how pool and static mode avoid
-    per-record work in the supervisor.
+    An item of EVENTS is either one event (``records.EVENT_FIELDS``) or a *run*: consecutive
+    records of one partition sent as columns (``records.RUN_FIELDS``), which the worker runs in
+    order and reports as one (run results below); its first field says which. Runs are how pool
+    and static mode avoid per-record work in the supervisor.
 
 Worker -> supervisor
     [READY, {"pid": int}]                          handler imported and init_context done
@@ -94,60 +94,6 @@ class Status(enum.IntEnum):
     PROGRESS = 4
 
 
-# Position of each field in a wire event (a msgpack array). ``lane`` groups events that must run in
-# order (a partition, or a key of a partition); ``retry`` marks the re-sent head of a lane after a
-# failure, which lifts the worker's hold on that lane.
-EVENT_FIELDS = (
-    "seq",
-    "lane",
-    "topic",
-    "partition",
-    "offset",
-    "key",
-    "value",
-    "headers",
-    "timestamp_ms",
-    "attempt",
-    "retry",
-)
-(
-    F_SEQ,
-    F_LANE,
-    F_TOPIC,
-    F_PARTITION,
-    F_OFFSET,
-    F_KEY,
-    F_VALUE,
-    F_HEADERS,
-    F_TIMESTAMP_MS,
-    F_ATTEMPT,
-    F_RETRY,
-) = range(len(EVENT_FIELDS))
-# One more element the supervisor appends for itself: key + value bytes, computed once at fetch for
-# its buffer and window accounting. It travels on the wire too (one small int); workers ignore it.
-F_SIZE = len(EVENT_FIELDS)
-
-
-# A run: consecutive records of one partition as columns (same index = same record). They share
-# topic, partition, lane and retry flag; their attempt is 1. Timestamps are ms, -1 when the record
-# has none (as librdkafka reports it), so the supervisor need not look at each one.
-RUN_FIELDS = (
-    "seq",
-    "lane",
-    "topic",
-    "partition",
-    "retry",
-    "offsets",
-    "keys",
-    "values",
-    "headers",
-    "timestamps",
-)
-(R_SEQ, R_LANE, R_TOPIC, R_PARTITION, R_RETRY, R_OFFSETS, R_KEYS, R_VALUES, R_HEADERS, R_TIMESTAMPS) = range(
-    len(RUN_FIELDS)
-)
-# How a worker tells a run from an event: an event has len(EVENT_FIELDS) + 1 elements.
-RUN_LENGTH = len(RUN_FIELDS)
 # An output a handler produced (see ``worker/outputs.py``): key bytes or None, value bytes, headers
 # [[name, bytes | None], ...] or None, partition an int or None (the partitioner picks).
 OUTPUT_FIELDS = ("topic", "key", "value", "headers", "partition")

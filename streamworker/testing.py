@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import inspect
 import logging
 import os
 import sys
@@ -57,8 +56,8 @@ from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from streamworker.config import FunctionConfig, LoadedConfig, TriggerConfig, load_config
 from streamworker.observability.logging import EVENT_FIELD_ALIAS
+from streamworker.worker.handler_call import call_maybe_async, what_it_returned
 from streamworker.worker.loader import LoadedHandler, load_handler
-from streamworker.worker.outputs import return_value_output
 from streamworker.worker.process import TASK_GRACE_S
 from streamworker.worker.sdk import (
     Context,
@@ -301,7 +300,7 @@ class HandlerHarness:
             self.module: ModuleType = sys.modules[self.loaded.module_name]
             init_context = self.loaded.init_context
             if init_context is not None:
-                self._run(self._call_maybe_async(lambda: init_context(self.context)))
+                self._run(call_maybe_async(init_context, self.context))
         except BaseException:
             self.close()
             raise
@@ -402,13 +401,13 @@ class HandlerHarness:
             return handler(self.context, event)
 
         try:
-            result = self._run(self._call_maybe_async(call))
-            topic = self.trigger.attributes.output_topic
-            if topic is not None and result is not None:
-                headers_mode = self.trigger.attributes.output_headers.value
-                output = return_value_output(result, event._w, topic, headers_mode)
-                if output is not None:
-                    self._record_output(event, output)
+            result = self._run(call_maybe_async(call))
+            attributes = self.trigger.attributes
+            _, output = what_it_returned(
+                result, event._w, attributes.output_topic, attributes.output_headers.value
+            )
+            if output is not None:
+                self._record_output(event, output)
             self.outputs.extend(outputs)
             return result
         finally:
@@ -484,17 +483,10 @@ class HandlerHarness:
             "HandlerHarness runs the handler on its own event loop; use it from a plain (non-async) test"
         )
 
-    @staticmethod
-    async def _call_maybe_async(call: Callable[[], Any]) -> Any:
-        result = call()
-        if result is not None and inspect.isawaitable(result):
-            result = await result
-        return result
-
     def _run_callback(self, callback: Callable[[], Any] | None) -> bool:
         if callback is None:
             return False
-        self._run(self._call_maybe_async(callback))
+        self._run(call_maybe_async(callback))
         return True
 
     @staticmethod

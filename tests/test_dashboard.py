@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamworker.observability.metrics import MetricsObserver
-from streamworker.supervisor.observer import PartitionSnapshot, TriggerSnapshot
+from streamworker.snapshots import PartitionSnapshot, TriggerSnapshot
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "streamworker-dashboard.json"

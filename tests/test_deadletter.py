@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from streamworker.records import F_PARTITION, new_record
 from streamworker.supervisor.backoff import Backoff
 from streamworker.supervisor.deadletter import (
     MAX_ERROR_MESSAGE_BYTES,
@@ -18,7 +19,9 @@ from streamworker.supervisor.deadletter import (
 
 
 def test_headers_keep_the_originals_and_describe_the_failure() -> None:
-    record = [0, 0, "orders", 3, 41, b"k", b"v", [("trace", b"\xff\x00"), ("trace", None)], 123, 4, False]
+    record = new_record(
+        "orders", 3, 41, b"k", b"v", [("trace", b"\xff\x00"), ("trace", None)], 123, attempt=4
+    )
     failed_at = dt.datetime(2026, 11, 27, 15, 0, 0, 123000, tzinfo=dt.UTC)
     headers = dead_letter_headers(record, "ValueError", "x" * 5000, failed_at)
     assert headers[:2] == [("trace", b"\xff\x00"), ("trace", None)]
@@ -78,7 +81,7 @@ def _unreachable_sink() -> DeadLetterSink:
 
 
 def _record(partition: int, offset: int) -> list[Any]:
-    return [0, 0, "orders", partition, offset, b"k", b"v", None, None, 4, False, 2]
+    return new_record("orders", partition, offset, b"k", b"v", None, None, attempt=4)
 
 
 def _poll_until(sink: DeadLetterSink, done: Callable[[list[Delivery]], bool], timeout: float = 10.0) -> None:
@@ -98,10 +101,10 @@ def test_forgotten_partitions_are_not_produced_again() -> None:
         _poll_until(sink, lambda seen: len(seen) >= 2 and sink.in_flight == 0)
         sink.forget([("orders", 3)])
         # Everything is due again: only partition 4's record is produced (and fails) again.
-        retried = [d.record[3] for d in sink.poll(time.monotonic() + 3600)]
+        retried = [d.record[F_PARTITION] for d in sink.poll(time.monotonic() + 3600)]
         assert sink.in_flight + len(retried) == 1
         _poll_until(sink, lambda seen: sink.in_flight == 0)
-        assert [a.record[3] for a in sink._waiting] == [4]
+        assert [a.record[F_PARTITION] for a in sink._waiting] == [4]
     finally:
         sink.close(0)
 

@@ -11,8 +11,10 @@ from streamworker.config.model import (
     OnError,
     StaticMapping,
 )
-from streamworker.protocol import (
+from streamworker.protocol import Status, summarize_durations
+from streamworker.records import (
     F_ATTEMPT,
+    F_KEY,
     F_OFFSET,
     F_PARTITION,
     F_RETRY,
@@ -21,16 +23,16 @@ from streamworker.protocol import (
     R_PARTITION,
     R_SEQ,
     RUN_FIELDS,
-    Status,
-    summarize_durations,
+    new_record,
 )
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
+from streamworker.supervisor.failure_policy import FailurePolicy
 
 T = "orders"
 
 
 def rec(partition: int, offset: int, value: bytes = b"v", key: bytes | None = None) -> Record:
-    return [0, 0, T, partition, offset, key, value, None, None, 1, False, len(value) + len(key or b"")]
+    return new_record(T, partition, offset, key, value, None, None)
 
 
 def make(
@@ -40,7 +42,7 @@ def make(
     action: OnError = OnError.STOP,
     **kw: Any,
 ) -> Dispatcher:
-    policy = FailurePolicy(max_retries=max_retries, action=action, delay=lambda n: 0.5 * n)
+    policy = FailurePolicy(max_retries=max_retries, on_error=action, delay=lambda n: 0.5 * n)
     d = Dispatcher(DispatchSettings(mode=mode, num_workers=workers, **kw), policy)
     for w in range(workers):
         d.worker_ready(w)
@@ -484,9 +486,9 @@ def test_key_mode_same_key_same_worker_in_order_different_keys_in_parallel() -> 
     seen: dict[bytes | None, int] = {}
     for wid, events in batches.items():
         for event in events:
-            assert seen.setdefault(event[5], wid) == wid, "a key always goes to the same worker"
-        for key in {e[5] for e in events}:
-            of_key = [e[F_OFFSET] for e in events if e[5] == key]
+            assert seen.setdefault(event[F_KEY], wid) == wid, "a key always goes to the same worker"
+        for key in {e[F_KEY] for e in events}:
+            of_key = [e[F_OFFSET] for e in events if e[F_KEY] == key]
             assert of_key == sorted(of_key)
     assert sum(len(e) for e in batches.values()) == 64
 

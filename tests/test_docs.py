@@ -213,3 +213,18 @@ def test_the_long_material_lives_in_docs_and_the_readme_links_it() -> None:
             assert needle in text, f"docs/{name} lacks {needle!r}"
     # Where the handler types come from is said on the first page.
     assert "from streamworker import" in readme and "py.typed" in readme
+
+
+def test_the_layout_names_every_module() -> None:
+    """docs/development.md's Layout lists each runtime module and devtools module by file name."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "development.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("```", 2)[1]
+    root = Path(__file__).resolve().parent.parent
+    modules = [
+        p
+        for folder in ("streamworker", "devtools")
+        for p in (root / folder).rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py") and p.parent.name != "config"
+    ]
+    missing = sorted(str(p.relative_to(root)) for p in modules if p.name not in layout)
+    assert not missing, f"not in docs/development.md's Layout: {missing}"

@@ -28,7 +28,7 @@ from streamworker.observability.metrics import DURATION_BUCKETS, MetricsObserver
 from streamworker.observability.probe import main as probe_main
 from streamworker.observability.probe import probe_url
 from streamworker.protocol import summarize_durations
-from streamworker.supervisor.observer import PartitionSnapshot, TriggerSnapshot
+from streamworker.snapshots import PartitionSnapshot, TriggerSnapshot
 
 
 class Clock:

@@ -14,9 +14,11 @@ from test_worker_process import HANDLERS, WorkerHarness, statuses, wire_event, w
 
 from streamworker.config.model import AllocationMode, ExplicitAckMode, OnError
 from streamworker.observability.metrics import MetricsObserver
-from streamworker.protocol import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, Msg, Status, WorkerInit
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, FailurePolicy, Record, Run
-from streamworker.supervisor.observer import TriggerSnapshot
+from streamworker.protocol import Msg, Status, WorkerInit
+from streamworker.records import F_ATTEMPT, F_OFFSET, F_RETRY, F_SEQ, R_SEQ, new_record
+from streamworker.snapshots import TriggerSnapshot
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
+from streamworker.supervisor.failure_policy import FailurePolicy
 from streamworker.supervisor.outputs import (
     OutputDelivery,
     OutputSink,
@@ -27,7 +29,7 @@ from streamworker.supervisor.outputs import (
 )
 from streamworker.testing import HandlerHarness, Output
 from streamworker.worker.outputs import OutputError, make_output, return_value_output
-from streamworker.worker.process import Worker
+from streamworker.worker.process import WorkerLoop
 from streamworker.worker.sdk import Event, Platform, Response
 
 T = "orders"
@@ -93,7 +95,7 @@ def test_produce_outside_a_record_is_refused_and_inside_one_is_recorded() -> Non
 
 
 def rec(partition: int, offset: int, value: bytes = b"v", key: bytes | None = None) -> Record:
-    return [0, 0, T, partition, offset, key, value, None, None, 1, False, len(value) + len(key or b"")]
+    return new_record(T, partition, offset, key, value, None, None)
 
 
 def make(
@@ -102,7 +104,7 @@ def make(
     action: OnError = OnError.STOP,
     **kw: Any,
 ) -> Dispatcher:
-    policy = FailurePolicy(max_retries=max_retries, action=action, delay=lambda n: 0.5 * n)
+    policy = FailurePolicy(max_retries=max_retries, on_error=action, delay=lambda n: 0.5 * n)
     d = Dispatcher(DispatchSettings(mode=mode, num_workers=1, **kw), policy)
     d.worker_ready(0)
     return d
@@ -227,7 +229,7 @@ def test_a_run_commits_up_to_its_first_record_with_outputs_in_flight() -> None:
     [wire] = d.take_dispatches(0.0)[0]
     pending = d.outputs_sent((T, 0), 2, [OUT])
     assert pending is not None
-    d.complete(0, [[wire[0], Status.OK, 0.0, None, None, [4, 0.01, [4] + [0] * 16]]], 0.0)
+    d.complete(0, [[wire[R_SEQ], Status.OK, 0.0, None, None, [4, 0.01, [4] + [0] * 16]]], 0.0)
     assert position(d) == 2
     assert d.buffered_total() == 1
     d.output_delivered(pending, SIZE, None, 0.1)
@@ -429,7 +431,7 @@ def test_an_async_handler_produces_and_returns_outputs(worker: WorkerHarness) ->
 
 
 def test_outputs_for_a_record_that_is_done_are_refused() -> None:
-    worker = Worker(-1, -1)
+    worker = WorkerLoop(-1, -1)
     event = Event.create(b"x", topic="orders", partition=1, offset=8)
     with pytest.raises(RuntimeError, match="record orders/1/8 is done"):
         worker._on_output(event, make_output("o", b"late"))

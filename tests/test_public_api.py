@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import streamworker
@@ -56,6 +58,57 @@ def test_py_typed_ships_with_the_package(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     assert (tmp_path / "streamworker" / "py.typed").is_file()
     assert (tmp_path / "streamworker" / "worker" / "sdk.py").is_file()
+
+
+# Dev tooling and dev-only dependencies that must not reach users (the wheel and the image).
+DEV_ONLY_MODULES = (
+    "devtools",
+    "streamworker/devbroker.py",
+    "streamworker/devsecurity.py",
+    "streamworker/demo.py",
+)
+
+
+def test_wheel_holds_only_the_runtime(tmp_path: Path) -> None:
+    """The wheel (what the image installs) is streamworker's runtime plus py.typed: no devtools.
+
+    Built from a copy of the checkout's sources (devtools included, so the package selection is
+    what keeps it out), as the Dockerfile does: no build/ left in the checkout, none reused."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("streamworker", "devtools"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("streamworker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    code = [n for n in names if ".dist-info/" not in n]
+    assert "streamworker/py.typed" in code
+    assert "streamworker/supervisor/runner.py" in code
+    assert all(n.startswith("streamworker/") for n in code), sorted(code)
+    for dev_only in DEV_ONLY_MODULES:
+        assert not any(n.startswith(dev_only) for n in names), dev_only
 
 
 def _third_party_imports() -> set[str]:

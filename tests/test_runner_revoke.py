@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 from streamworker.config import load_config
 from streamworker.protocol import Msg
 from streamworker.supervisor.runner import TriggerRunner
-from streamworker.supervisor.workers import WorkerState
+from streamworker.supervisor.worker_handle import WorkerState
 
 TOPIC = "orders"
 
@@ -55,13 +55,13 @@ class FakeWorker:
         if self.behaviour == "answers":
             self.drained.add(message[1])
         elif self.behaviour == "dies":
-            self.runner.seats[self.seat].process = None
+            self.runner.pool.seats[self.seat].process = None
 
 
 def test_late_or_dead_drain_callbacks_are_not_reported_drained(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     for seat, behaviour in enumerate(("answers", "silent", "dies")):
-        runner.seats[seat].process = FakeWorker(runner, seat, behaviour)  # type: ignore[assignment]
+        runner.pool.seats[seat].process = FakeWorker(runner, seat, behaviour)  # type: ignore[assignment]
     drained, late = runner._drain({0, 1, 2}, time.monotonic() + 0.3)
     assert drained == [0]
     assert late == [1, 2], "a worker that died before reporting its drain callback done was not drained"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, Message
 
+from streamworker.records import F_OFFSET, F_SIZE, F_TIMESTAMP_MS
 from streamworker.supervisor.dispatch import Run
-from streamworker.supervisor.runner import split_into_runs
+from streamworker.supervisor.intake import split_into_runs
 
 
 def message(topic: str, partition: int, offset: int, value: bytes | None = b"v", **kw: object) -> Message:
@@ -41,8 +42,11 @@ def test_consecutive_messages_of_a_partition_become_one_run_of_columns() -> None
     assert (third.partition, third.offsets) == (0, [12]), "a partition that comes back starts a new run"
     # A run's records, should they leave it, are ordinary wire records with their own sizes.
     records = first.records()
-    assert [r[4] for r in records] == [10, 11] and [r[8] for r in records] == [1_700_000_000_010, None]
-    assert [r[11] for r in records] == [2, 0]
+    assert [r[F_OFFSET] for r in records] == [10, 11] and [r[F_TIMESTAMP_MS] for r in records] == [
+        1_700_000_000_010,
+        None,
+    ]
+    assert [r[F_SIZE] for r in records] == [2, 0]
 
 
 def test_same_partition_number_of_two_topics_and_errors_take_the_per_record_path() -> None:

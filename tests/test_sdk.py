@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from streamworker.observability.logging import configure_logging, get_logger
-from streamworker.protocol import EVENT_FIELDS
+from streamworker.records import new_event
 from streamworker.worker.sdk import (
     NO_ACK_HEADER,
     Context,
@@ -46,7 +46,7 @@ def wire(**overrides: Any) -> list[Any]:
         "retry": False,
     }
     values.update(overrides)
-    return [values[name] for name in EVENT_FIELDS]
+    return new_event(**values)
 
 
 def make(decode: bool = True, **overrides: Any) -> Event:

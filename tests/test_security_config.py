@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.security import Pki, make_pki
 from streamworker.config import ConfigError, LoadedConfig, consumer_settings, load_config
 from streamworker.config.kafka_settings import client_settings_problem, security_settings
 from streamworker.config.model import ExplicitAckMode, SaslMechanism, Secret
-from streamworker.devsecurity import Pki, make_pki
 from streamworker.supervisor.deadletter import producer_settings
 from streamworker.supervisor.runner import RunnerOptions, TriggerRunner
 
@@ -342,6 +342,6 @@ def test_workers_do_not_inherit_secret_variables_unless_spec_env_names_them(fn_d
         runner._start_workers()
         names = set(json.loads(seen.read_text()))
     finally:
-        runner._terminate_workers(time.monotonic() + 10)
+        runner.pool.terminate(time.monotonic() + 10)
     assert "KAFKA_PASSWORD" not in names
     assert {"OAUTH", "UNRELATED"} <= names

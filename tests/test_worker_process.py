@@ -20,17 +20,9 @@ from typing import Any
 
 import pytest
 
-from streamworker.protocol import (
-    EVENT_FIELDS,
-    RUN_FIELDS,
-    FrameReader,
-    Msg,
-    ProtocolError,
-    Status,
-    WorkerInit,
-    encode,
-)
-from streamworker.supervisor.workers import WorkerProcess
+from streamworker.protocol import FrameReader, Msg, ProtocolError, Status, WorkerInit, encode
+from streamworker.records import RUN_FIELDS, new_event, new_run
+from streamworker.supervisor.worker_handle import WorkerHandle
 
 HANDLERS = Path(__file__).parent / "fixtures" / "handlers"
 TIMEOUT = 10.0
@@ -65,7 +57,7 @@ def wire_event(
         "attempt": attempt,
         "retry": retry,
     }
-    return [values[name] for name in EVENT_FIELDS]
+    return new_event(**values)
 
 
 def unread_bytes(pipe_fd: int) -> int:
@@ -628,7 +620,7 @@ def wire_run(
         "headers": [None] * count,
         "timestamps": [1_700_000_000_000 + i for i in range(count)],
     }
-    return [values[name] for name in RUN_FIELDS]
+    return new_run(**values)
 
 
 PROGRESS = Status.PROGRESS
@@ -861,7 +853,7 @@ def test_a_process_the_handler_leaves_does_not_keep_the_pipe_open(
     harness.wait_eof(timeout=2.0)
 
 
-def _frames_until(process: WorkerProcess, kind: Msg, timeout: float = TIMEOUT) -> list[Any]:
+def _frames_until(process: WorkerHandle, kind: Msg, timeout: float = TIMEOUT) -> list[Any]:
     """Read the supervisor's end of ``process`` until a ``kind`` frame arrives; return its payload."""
     deadline = time.monotonic() + timeout
     while True:
@@ -890,7 +882,7 @@ def test_the_supervisor_sees_a_worker_exit_while_a_forked_child_holds_its_pipe(t
         decode_strings=True,
         log_level="info",
     )
-    process = WorkerProcess(0, init, dict(os.environ, SW_TEST_OUT=str(out)))
+    process = WorkerHandle(0, init, dict(os.environ, SW_TEST_OUT=str(out)))
     background: list[int] = []
     try:
         assert process.exit_fd >= 0, "no pidfd on this platform"

@@ -139,7 +139,7 @@ class BrokerLink:
         return f"127.0.0.1:{self._relay_port}"
 
     def start(self, timeout: float = 20.0) -> BrokerLink:
-        from streamworker.devbroker import die_with_parent_preexec_fn, free_port, resolve_tansu_binary
+        from devtools.broker import die_with_parent_preexec_fn, free_port, resolve_tansu_binary
 
         binary = resolve_tansu_binary()
         problems: list[str] = []

@@ -14,7 +14,6 @@ The table is printed with ``-s`` (``make chaos`` passes it) and attached to any 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -44,43 +43,15 @@ from chaos_harness import (
     wait_all_committed,
 )
 from chaos_proxy import BrokerLink
-from chaos_verdict import RunRecord, judge, render
+from chaos_verdict import RunRecord, bound_problems, group_activity, judge, render
 
+from devtools.broker import committed_offsets, create_topics
 from streamworker.config import model
-from streamworker.devbroker import committed_offsets, create_topics
 
 LONG_RUN = os.environ.get("STREAMWORKER_CHAOS", "").strip().lower() == "long"
 SEED = int(os.environ.get("STREAMWORKER_CHAOS_SEED", "7"))
 # workerAllocationMode: key is being added; its scenario runs once the model has it.
 HAS_KEY_MODE = hasattr(model.AllocationMode, "KEY")
-
-# Bounds for incidents of the single-fault phases (the mixed phase overlaps faults, so there only the
-# record-level checks apply). Generous: a 2-core machine shared with other suites.
-RECOVERY_BOUND_S = {
-    "worker_kill": 10.0,
-    "supervisor_kill": 30.0,
-    # A member joining a cooperative group takes two rounds (~4 s): the partitions it is to get are
-    # revoked in the first and idle until the second. One that leaves before the second round leaves
-    # them unowned until the group notices (plain confluent-kafka consumers on Tansu: ~4 s later).
-    "join": 25.0,
-    "leave": 25.0,
-    "cut": 35.0,
-    "hang": 15.0,
-    "poison": 15.0,
-    # A join (as above) while sync calls outlast the rebalance wait, or while a burst of slow records
-    # (several seconds of work) keeps partitions paused: recovery includes working off that backlog.
-    "slow_join": 30.0,
-    "burst_join": 30.0,
-    "ack_join": 25.0,
-}
-STALL_BOUND_S = {
-    "worker_kill": 5.0,
-    "supervisor_kill": 5.0,
-    "join": 5.0,
-    "leave": 5.0,
-    "hang": 6.0,
-    "poison": 5.0,
-}
 
 
 def keep_artifacts(folder: Path) -> None:
@@ -183,6 +154,11 @@ def test_chaos_nothing_lost(
 
     assert fleet is not None and chaos is not None
     chaos.refine()
+    members, assignments = group_activity(
+        {m.label: list(m.proc.logs) for m in fleet.members},
+        {mode: topic for mode, (_, topic, _) in triggers.items()},
+        {m.label: m.killed_at for m in fleet.members if m.killed_at is not None},
+    )
     run = RunRecord(
         triggers={mode: (mode, topic) for mode, (_, topic, _) in triggers.items()},
         partitions=size.partitions,
@@ -202,6 +178,8 @@ def test_chaos_nothing_lost(
             topic: read_output_ids(broker_bootstrap, output_topic(topic), unique("outputs"), size.partitions)
             for topic in topics
         },
+        members=members,
+        assignments=assignments,
     )
     run.save(tmp_path)
     verdicts = judge(run, ledger.entries)
@@ -238,21 +216,5 @@ def test_chaos_nothing_lost(
         for name, waited, caught_up in result.settles
         if not caught_up
     ]
-    for incident in result.incidents:
-        if incident.phase == "mixed":
-            continue
-        for v in verdicts:
-            stats = v.incidents[incident.number]
-            recovery_bound = RECOVERY_BOUND_S[incident.kind]
-            if math.isinf(stats.recovery_s) or stats.recovery_s > recovery_bound:
-                problems.append(
-                    f"{v.trigger}: incident {incident.number} ({incident.kind}) took "
-                    f"{stats.recovery_s:.1f}s to recover (bound {recovery_bound:g}s)"
-                )
-            stall_bound = STALL_BOUND_S.get(incident.kind)
-            if stall_bound is not None and stats.stall_s is not None and stats.stall_s > stall_bound:
-                problems.append(
-                    f"{v.trigger}: incident {incident.number} ({incident.kind}) stalled untouched partitions "
-                    f"for {stats.stall_s:.1f}s (bound {stall_bound:g}s)"
-                )
+    problems += bound_problems(verdicts, result.incidents)
     assert not problems, "\n".join(problems) + "\n\n" + report

@@ -9,15 +9,20 @@ from typing import Any
 import pytest
 from chaos_harness import Member, make_schedule, ownership, tenures
 from chaos_verdict import (
+    Assignment,
     CommitSample,
     Entry,
     Incident,
+    Membership,
+    OrphanStall,
     Produced,
     RunRecord,
     Tenure,
     TriggerVerdict,
     analyse,
     attribute,
+    bound_problems,
+    group_activity,
     judge,
     read_ledger,
     render,
@@ -258,6 +263,25 @@ def test_more_duplicates_than_the_in_flight_window_are_reported() -> None:
     assert len(v.committed_redeliveries) == 50  # r020..r069
 
 
+def test_a_redelivery_caught_by_a_second_fault_counts_in_the_window_again() -> None:
+    # Offsets 0-39 of both partitions were committed before A1's supervisor was killed: r080..r099
+    # were in flight. A2 ran them again; a cut a second later caught them uncommitted again, and
+    # A2 ran them a third time: 40 duplicates, 40 undone deliveries.
+    records = produced(100)
+    samples = [CommitSample(T0 + 9.5, TOPIC, {0: 40, 1: 40})]
+    kill = incident(1, "supervisor_kill", T0 + 10.0, T0 + 10.1, instance="A1")
+    cut = incident(2, "cut", T0 + 11.5, T0 + 13.0)
+    again = [call(r, kind, T0 + 11.0, inst="A2", pid=21) for r in records[80:] for kind in ("start", "end")]
+    third = [call(r, kind, T0 + 13.5, inst="A2", pid=21) for r in records[80:] for kind in ("start", "end")]
+    entries = handled(records) + again + third
+    v = verdict(records, entries, incidents=[kill, cut], samples=samples)
+    assert (v.incidents[1].duplicates, v.incidents[2].duplicates) == (20, 20)
+    assert v.clusters == [([1, 2], 40, 40)] and not v.window_overruns and not v.unattributed
+    # Without the cut, the third runs are blamed on the kill, which cannot undo what it caused.
+    v = verdict(records, entries, incidents=[kill], samples=samples)
+    assert v.window_overruns == ["incidents [1]: 40 duplicates, in-flight window 20"]
+
+
 def test_order_violations_among_first_deliveries() -> None:
     records = produced(8, partitions=1, keys=2)
     entries = handled(records)
@@ -336,6 +360,129 @@ def test_stall_of_untouched_partitions_and_recovery() -> None:
     moved = {0: [(T0 - 1, "A1")], 1: [(T0 - 1, "A1"), (start + 0.5, None), (T0 + 5.9, "B1")]}
     stats = verdict(records, entries, incidents=[kill], owners=moved).incidents[1]
     assert stats.affected == (1,) and stats.stall_s is not None and stats.stall_s < 0.2
+
+
+def _slow_partition_one(until: float) -> tuple[list[Produced], list[Entry]]:
+    """40 s of records; partition 1's records produced from 2.5 s on wait until *until*."""
+    records = produced(800, every=0.05)
+    entries = []
+    for r in records:
+        done = r.ts + 0.05
+        if r.partition == 1 and T0 + 2.5 <= done < until:
+            done = until + (r.ts - T0) / 1000  # worked off in order
+        entries += [call(r, "start", done), call(r, "end", done)]
+    return records, entries
+
+
+def _judged(
+    records: list[Produced],
+    entries: list[Entry],
+    incidents: list[Incident],
+    held: list[Tenure],
+    assigned: list[Assignment],
+) -> TriggerVerdict:
+    members = [Membership("A1", T0 - 1, float("inf")), Membership("B1", T0 + 2.0, T0 + 5.0)]
+    return analyse(
+        **{
+            **_ARGS,
+            "produced": records,
+            "entries": entries,
+            "samples": [],
+            "incidents": incidents,
+            "run_end": T0 + 45,
+            "ownership": {  # the same story as the tenures
+                p: sorted(
+                    [(t.start, t.instance) for t in held if t.partition == p]
+                    + [(t.end, None) for t in held if t.partition == p and t.how != "open"]
+                )
+                for p in (0, 1)
+            },
+            "tenures": held,
+            "members": members,
+            "assignments": assigned,
+        }
+    )
+
+
+def test_a_broker_orphan_stall_excuses_the_recovery_it_overlaps() -> None:
+    # B1 joins at 2 s; A1 gives partition 1 up at 2.5 s (cooperative round one: A1 and B1 both get
+    # nothing), B1 leaves at 5 s, and nobody is given partition 1 until 30 s although A1 stays in the
+    # group and polls: Tansu's cooperative-sticky orphan. Recovery takes 28 s (bound 25 s).
+    records, entries = _slow_partition_one(T0 + 30.0)
+    join = Incident(1, "join", "rebalance storm", T0 + 2.0, T0 + 2.0, "B1 joins")
+    held = [
+        Tenure("A1", 0, T0 - 1, float("inf"), "open"),
+        Tenure("A1", 1, T0 - 1, T0 + 2.5, "revoked"),
+        Tenure("A1", 1, T0 + 30.0, float("inf"), "open"),
+    ]
+    assigned = [
+        Assignment("A1", T0 - 1, (0, 1)),
+        Assignment("A1", T0 + 2.5, ()),
+        Assignment("B1", T0 + 2.9, ()),
+        Assignment("A1", T0 + 30.0, (1,)),
+    ]
+    v = _judged(records, entries, [join], held, assigned)
+    assert v.orphan_stalls == [OrphanStall((1,), T0 + 2.5, T0 + 30.0, ("A1 (held 0)", "B1 (held nothing)"))]
+    stats = v.incidents[1]
+    assert stats.orphaned and stats.recovery_s > 25.0
+    assert bound_problems([v], [join]) == []
+    table = render([v], [join], title="t", t0=T0)
+    assert f"{stats.recovery_s:.1f}s*" in table
+    assert "partitions 1 2.5-30.0s (27.5s; members A1 (held 0), B1 (held nothing))" in table
+    # A partition given to nobody during a broker cut is the cut's doing: no orphan stall.
+    cut = Incident(2, "cut", "broker cut", T0 + 2.4, T0 + 25.0, "cut")
+    assert _judged(records, entries, [join, cut], held, assigned).orphan_stalls == []
+
+
+def test_a_slow_recovery_with_every_partition_owned_still_fails() -> None:
+    # The same 28 s recovery, but A1 held partition 1 throughout: nothing of the broker's.
+    records, entries = _slow_partition_one(T0 + 30.0)
+    join = Incident(1, "join", "rebalance storm", T0 + 2.0, T0 + 2.0, "B1 joins")
+    held = [Tenure("A1", p, T0 - 1, float("inf"), "open") for p in (0, 1)]
+    assigned = [
+        Assignment("A1", T0 - 1, (0, 1)),
+        Assignment("A1", T0 + 2.5, ()),
+        Assignment("B1", T0 + 2.9, ()),
+    ]
+    v = _judged(records, entries, [join], held, assigned)
+    assert v.orphan_stalls == [] and not v.incidents[1].orphaned
+    assert bound_problems([v], [join]) == [
+        f"pool: incident 1 (join) took {v.incidents[1].recovery_s:.1f}s to recover (bound 25s)",
+        f"pool: incident 1 (join) stalled untouched partitions for {v.incidents[1].stall_s:.1f}s (bound 5s)",
+    ]
+    # Partition 1 unowned, but no rebalance completed without it (a member that stopped polling
+    # never completes one): not the broker's orphan either, the bound applies.
+    held = [
+        Tenure("A1", 0, T0 - 1, float("inf"), "open"),
+        Tenure("A1", 1, T0 - 1, T0 + 2.5, "revoked"),
+        Tenure("A1", 1, T0 + 30.0, float("inf"), "open"),
+    ]
+    v = _judged(records, entries, [join], held, [Assignment("A1", T0 - 1, (0, 1))])
+    assert v.orphan_stalls == [] and not v.incidents[1].orphaned
+    assert bound_problems([v], [join]) == [
+        f"pool: incident 1 (join) took {v.incidents[1].recovery_s:.1f}s to recover (bound 25s)"
+    ]
+
+
+def test_group_activity_from_logs() -> None:
+    def line(message: str, second: int, partitions: list[int] | None = None) -> dict[str, Any]:
+        log: dict[str, Any] = {
+            "message": message,
+            "timestamp": f"2026-01-01T00:00:{second:02d}Z",
+            "trigger": "pool",
+        }
+        if partitions is not None:
+            log["partitions"] = [f"{TOPIC}/{p}" for p in partitions]
+        return log
+
+    start = 1767225600.0  # 2026-01-01T00:00:00Z
+    logs = {
+        "A1": [line("consuming", 1), line("partitions assigned", 2, [1, 0])],  # SIGKILLed at 10 s
+        "B1": [line("consuming", 3), line("partitions assigned", 4, []), line("stopping", 6, [])],
+    }
+    members, assigned = group_activity(logs, {"pool": TOPIC}, {"A1": start + 10})
+    assert members[TOPIC] == [Membership("A1", start + 1, start + 10), Membership("B1", start + 3, start + 6)]
+    assert assigned[TOPIC] == [Assignment("A1", start + 2, (0, 1)), Assignment("B1", start + 4, ())]
 
 
 def test_records_started_after_the_instance_let_their_partition_go() -> None:
@@ -456,6 +603,8 @@ def test_a_saved_run_is_judged_the_same(tmp_path: Any) -> None:
         incidents=[incident(1, "worker_kill", T0 + 1, pid=5)],
         ownership={TOPIC: {0: [(T0, "A1")]}},
         tenures={TOPIC: [Tenure("A1", 0, T0, float("inf"), "open")]},
+        members={TOPIC: [Membership("A1", T0, float("inf"))]},
+        assignments={TOPIC: [Assignment("A1", T0, (0, 1))]},
     )
     run.save(tmp_path)
     (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))

@@ -27,15 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from streamworker.observability.metrics import MetricsObserver
-from streamworker.supervisor.observer import TriggerSnapshot
+from streamworker.snapshots import TriggerSnapshot
 
 DEFAULT_HEALTH_ADDR = "0.0.0.0:8082"
 HEALTH_ADDR_ENV = "STREAMWORKER_HEALTH_ADDR"
 LIVE_TIMEOUT_ENV = "STREAMWORKER_LIVE_TIMEOUT"
 DEFAULT_LIVE_TIMEOUT = "30s"
-# The classic text format every Prometheus (and agent) understands; what generate_latest writes for
-# our metric names is the same in the newer 1.0.0 format that prometheus-client now labels it with.
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _OFF_WORDS = frozenset({"off", "none", "disable", "disabled", "false", "no"})
 # Each connection holds a thread while it is open. A client that connects and sends nothing (or keeps
 # an idle keep-alive connection) is cut after this long, and at most MAX_CONNECTIONS are open at once:

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from streamworker import __version__
 from streamworker.protocol import DURATION_BUCKETS
-from streamworker.supervisor.observer import TriggerSnapshot
+from streamworker.snapshots import TriggerSnapshot
 
 RESULTS = ("success", "error", "retried", "dead_lettered", "skipped")
 REBALANCE_KINDS = ("assign", "revoke", "lost")

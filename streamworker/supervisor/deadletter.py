@@ -1,4 +1,5 @@
-"""The dead-letter topic: where a record goes when its last attempt failed (``onError: deadletter``).
+"""The dead-letter path: a record the failure policy gave up on (``Action.DEAD_LETTER``, decided in
+``failure_policy.py``) is produced to deadLetterTopic with headers that describe the failure.
 
 A record counts as done only once the broker confirmed the dead-letter copy (delivery report). A
 failed produce (missing topic, broker down, timeout) leaves the record not done: it is produced
@@ -16,8 +17,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streamworker.protocol import F_ATTEMPT, F_HEADERS, F_KEY, F_OFFSET, F_PARTITION, F_TOPIC, F_VALUE
+from streamworker.records import F_ATTEMPT, F_HEADERS, F_KEY, F_OFFSET, F_PARTITION, F_TOPIC, F_VALUE
 from streamworker.supervisor.backoff import Backoff
+from streamworker.supervisor.dispatch import Dispatcher
 
 MAX_ERROR_MESSAGE_BYTES = 1000
 HEADER_PREFIX = "streamworker."
@@ -179,3 +181,25 @@ class DeadLetterSink:
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
+
+
+def serve_dead_letters(sink: DeadLetterSink, dispatcher: Dispatcher, now: float, log: Any) -> None:
+    """Produce the records the failure policy sent here (``Action.DEAD_LETTER``, queued by the
+    dispatcher) and apply delivery reports: a record is done only once its copy is delivered."""
+    for record, error_type, message in dispatcher.take_dead_letters():
+        sink.send(record, error_type, message, now)
+    for delivery in sink.poll(now):
+        record = delivery.record
+        where = {"topic": record[F_TOPIC], "partition": record[F_PARTITION], "offset": record[F_OFFSET]}
+        if delivery.error is None:
+            if dispatcher.dead_lettered(record):
+                log.warning("record dead-lettered", **where, dead_letter_topic=sink.topic)
+        else:
+            log.error(
+                "dead-letter produce failed; record NOT done, will produce again",
+                **where,
+                dead_letter_topic=sink.topic,
+                error=delivery.error,
+                tries=delivery.tries,
+                retry_in_s=round(delivery.retry_in, 3),
+            )

@@ -13,7 +13,7 @@ Vocabulary
   worker *holds* its lane: later records of that lane it already has come back DEFERRED, unrun.
   The supervisor re-sends the failed record (flagged ``retry``, which lifts the hold) after its
   backoff, followed by the deferred ones.
-- Records are wire events (lists, see ``protocol.EVENT_FIELDS``) from fetch to completion: no
+- Records are wire events (lists, see ``records.EVENT_FIELDS``) from fetch to completion: no
   per-record objects besides the list that is sent anyway.
 - In pool and static mode with acks not explicit, fetched records arrive as ``Run`` s instead:
   consecutive records of one partition kept as columns, dispatched, sent and completed as one unit
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +34,10 @@ from streamworker.config.model import (
     AllocationMode,
     ExplicitAckMode,
     ExplicitAckScope,
-    OnError,
     StaticMapping,
 )
-from streamworker.protocol import (
+from streamworker.protocol import RESULT_RUN_DURATIONS, Status
+from streamworker.records import (
     F_ATTEMPT,
     F_KEY,
     F_LANE,
@@ -47,9 +47,11 @@ from streamworker.protocol import (
     F_SEQ,
     F_SIZE,
     F_TOPIC,
-    RESULT_RUN_DURATIONS,
-    Status,
+    new_record,
+    new_run,
+    record_size,
 )
+from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.offsets import PartitionOffsets
 from streamworker.supervisor.outputs import PendingOutputs
 
@@ -81,32 +83,6 @@ class DispatchSettings:
     static_mapping: StaticMapping = StaticMapping.ASSIGNMENT_INDEX
     # A record handled but left unacked this long is a failed attempt (None: no limit).
     ack_timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class FailurePolicy:
-    """Retry a failed record ``max_retries`` times, waiting ``delay(n)`` before retry n; then ``action``."""
-
-    max_retries: int
-    action: OnError
-    delay: Callable[[int], float]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A failed attempt and what was decided for it, for the runner to carry out, log and count."""
-
-    record: Record
-    error_type: str
-    error_message: str
-    # "retry" (after retry_in seconds), or the final action: "deadletter", "stop" or "skip".
-    action: str
-    retry_in: float = 0.0
-
-
-def record_size(key: bytes | None, value: bytes | None) -> int:
-    """Key + value bytes of one record: what buffer and window limits count (``protocol.F_SIZE``)."""
-    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
 
 
 def _byte_size(keys: list[Any], values: list[Any]) -> int:
@@ -162,7 +138,7 @@ class Run:
         self.values = values
         self.headers = headers
         self.timestamps = timestamps
-        # Key + value bytes of all records, for buffer and window accounting (as F_SIZE of a record).
+        # Key + value bytes of all records, for buffer and window accounting (as ``F_SIZE`` of a record).
         self.size = _byte_size(keys, values) if size is None else size
         self.lane = 0
         self.seq = 0
@@ -173,8 +149,8 @@ class Run:
         return len(self.offsets)
 
     def wire(self) -> list[Any]:
-        """The run as sent to a worker (``protocol.RUN_FIELDS``)."""
-        return [
+        """The run as sent to a worker (``records.RUN_FIELDS``)."""
+        return new_run(
             self.seq,
             self.lane,
             self.topic,
@@ -185,7 +161,7 @@ class Run:
             self.values,
             self.headers,
             self.timestamps,
-        ]
+        )
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
@@ -214,9 +190,7 @@ class Run:
         keys, values = self.keys, self.values
 
         return [
-            [
-                seq,
-                lane,
+            new_record(
                 topic,
                 partition,
                 self.offsets[i],
@@ -224,10 +198,9 @@ class Run:
                 values[i],
                 self.headers[i],
                 self.timestamps[i] if self.timestamps[i] >= 0 else None,
-                1,
-                False,
-                record_size(keys[i], values[i]),
-            ]
+                seq,
+                lane,
+            )
             for i in range(start, len(self.offsets) if stop is None else stop)
         ]
 
@@ -356,7 +329,7 @@ class PartitionState:
 
 
 @dataclass
-class WorkerSlot:
+class WorkerQueue:
     """The dispatcher's view of one worker: ready or not, and what is queued on it, in order."""
 
     ready: bool = False
@@ -386,7 +359,7 @@ class Dispatcher:
         self._lanes: dict[int, Lane] = {}
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
         self._inflight: dict[int, Item] = {}  # seq -> record or run queued on a worker
-        self._workers = [WorkerSlot() for _ in range(settings.num_workers)]
+        self._workers = [WorkerQueue() for _ in range(settings.num_workers)]
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
         self._suspects: set[tuple[str, int, int]] = set()
@@ -731,7 +704,7 @@ class Dispatcher:
             del self._runnable[lane_id]
         return {wid: batch for wid, batch in out.items() if batch}
 
-    def _take_runs(self, lane: Lane, wid: int, slot: WorkerSlot, free: int, batch: list[Record]) -> int:
+    def _take_runs(self, lane: Lane, wid: int, slot: WorkerQueue, free: int, batch: list[Record]) -> int:
         """Queue the lane's leading runs on worker ``wid`` (split to fit). Returns how many records."""
         pending = lane.pending
         budget = min(free, self.settings.run_batch)
@@ -814,7 +787,7 @@ class Dispatcher:
             else:
                 free[wid] = 0
 
-    def _fit_bytes(self, pending: deque[Item], slot: WorkerSlot, count: int) -> int:
+    def _fit_bytes(self, pending: deque[Item], slot: WorkerQueue, count: int) -> int:
         """How many of the next ``count`` records fit in the worker's byte window (a record larger
         than the whole window goes alone, on an empty worker), so no frame outgrows the window."""
         room = self.settings.window_bytes - slot.outstanding_bytes
@@ -899,7 +872,7 @@ class Dispatcher:
 
     def _complete_run(
         self,
-        slot: WorkerSlot,
+        slot: WorkerQueue,
         result: Result,
         now: float,
         failures: list[Failure],
@@ -949,7 +922,7 @@ class Dispatcher:
             touched.append(lane)
 
     @staticmethod
-    def _drop_outstanding(slot: WorkerSlot, seq: int) -> None:
+    def _drop_outstanding(slot: WorkerQueue, seq: int) -> None:
         """Remove ``seq`` from the worker's queue (usually its head; a cancel can reorder results)."""
         outstanding = slot.outstanding
         if outstanding and outstanding[0] == seq:
@@ -1058,23 +1031,23 @@ class Dispatcher:
         attempt = record[F_ATTEMPT]
         # The worker holds this lane now: the lane's next event must carry the retry flag.
         lane.hold = True
-        if attempt <= self.policy.max_retries:
+        action = self.policy.decide(attempt)
+        if action is Action.RETRY:
             self._count(topic, "retried")
             delay = self.policy.delay(attempt)
             record[F_ATTEMPT] = attempt + 1
             _return_in_order(lane, record)
             lane.not_before = now + delay
-            return Failure(record, error_type, message, "retry", delay)
-        action = self.policy.action
-        if action is OnError.SKIP:
+            return Failure(record, error_type, message, action, delay)
+        if action is Action.SKIP:
             self._finish(lane.partition, record, "skipped")
-        elif action is OnError.STOP:
+        elif action is Action.STOP:
             _return_in_order(lane, record)
             lane.partition.stopped = True
         else:
             lane.parked = record
             self._to_dead_letter.append((record, error_type, message))
-        return Failure(record, error_type, message, action.value)
+        return Failure(record, error_type, message, action)
 
     # -- outputs (see supervisor/outputs.py) ----------------------------------------------------
     def outputs_sent(
@@ -1360,10 +1333,6 @@ class Dispatcher:
     @property
     def has_dead_letters(self) -> bool:
         return bool(self._to_dead_letter)
-
-    @property
-    def has_runnable(self) -> bool:
-        return bool(self._runnable)
 
     def next_retry_at(self, now: float) -> float | None:
         """When the earliest lane waiting out a retry backoff becomes due (None: no lane waits)."""

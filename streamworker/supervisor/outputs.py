@@ -23,7 +23,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -36,6 +36,11 @@ from streamworker.protocol import (
     O_VALUE,
     summarize_durations,
 )
+from streamworker.supervisor.waiting import step_until
+
+if TYPE_CHECKING:  # dispatch imports PendingOutputs from here
+    from streamworker.supervisor.dispatch import Dispatcher
+    from streamworker.supervisor.failure_policy import Failure
 
 # How long an output may wait for its delivery before it counts as failed (librdkafka's
 # message.timeout.ms; the dead-letter producer's 10 s is shorter). A failed output costs a re-run of
@@ -240,3 +245,79 @@ class OutputSink:
         # Purged outputs report now, which releases their callbacks (and, through them, this sink).
         self._producer.purge()
         self._producer.flush(0)
+
+
+class OutputPath:
+    """The runner's side of outputs: hand what workers produced to the dispatcher and the sink,
+    apply delivery reports, and (before a final commit) wait a bounded time for those in flight.
+    The producer starts with the first output."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        producer_settings: Callable[[], dict[str, Any]],
+        on_failure: Callable[[Failure], None],
+        log: Any,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._producer_settings = producer_settings
+        self._on_failure = on_failure
+        self._log = log
+        self.sink: OutputSink | None = None
+        self.stats = OutputStats()
+
+    @property
+    def in_flight(self) -> int:
+        return self.sink.in_flight if self.sink is not None else 0
+
+    def on_outputs(self, items: list[list[Any]]) -> None:
+        """Produce what handlers produced; each input waits for its outputs (``Dispatcher``)."""
+        sink = self.sink
+        if sink is None:
+            log = self._log
+            sink = self.sink = OutputSink(
+                {**self._producer_settings(), "message.timeout.ms": MESSAGE_TIMEOUT_MS},
+                on_replaced=lambda reason: log.error(
+                    "output producer failed fatally; replaced it, its outputs in flight are retried",
+                    error=reason,
+                ),
+            )
+        for topic, partition, offset, outputs in items:
+            pending = self._dispatcher.outputs_sent((topic, partition), offset, outputs)
+            # Not ours any more: produced all the same (at-least-once), nothing waits for them.
+            sink.send(pending or PendingOutputs(None, offset), outputs)
+
+    def serve(self, now: float) -> None:
+        """Apply output delivery reports; carry out the failed attempts they caused."""
+        sink = self.sink
+        if sink is None:
+            return
+        reports = sink.poll()
+        dispatcher = self._dispatcher
+        if reports:
+            for report in reports:
+                dispatcher.output_delivered(report.pending, report.size, report.error, now)
+                if report.error is not None:
+                    self._log.warning(
+                        "output delivery failed",
+                        output_topic=report.topic,
+                        offset=report.pending.offset,
+                        error=report.error,
+                    )
+            self.stats.record(reports)
+        for failure in dispatcher.take_output_failures():
+            self._on_failure(failure)
+
+    def settle(self, deadline: float, pump: Callable[[float], None]) -> None:
+        """Before a final commit: wait (bounded) for outputs in flight, so their inputs count."""
+
+        def step(wait: float) -> None:
+            pump(wait)
+            self.serve(time.monotonic())
+
+        step_until(lambda: not self.in_flight, deadline, step, max_wait=0.005)
+        self.serve(time.monotonic())
+
+    def close(self, timeout: float) -> None:
+        if self.sink is not None:
+            self.sink.close(timeout)

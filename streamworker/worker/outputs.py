@@ -14,13 +14,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from streamworker.protocol import F_HEADERS, F_KEY
+from streamworker.records import F_HEADERS, F_KEY
 
 __all__ = ["OutputError", "make_output", "return_value_output"]
 
 # outputHeaders: which headers of the input a return-value output carries.
 HEADERS_COPY = "copy"
-HEADERS_NONE = "none"
 
 
 class OutputError(Exception):

@@ -1,7 +1,7 @@
 """The worker process: runs the user's handler on events sent by the supervisor.
 
 Started as ``python -m streamworker.worker --in-fd N --out-fd M``; the two descriptors are pipes to
-and from the supervisor carrying ``streamworker.protocol`` frames. See ``Worker`` for the behaviour.
+and from the supervisor carrying ``streamworker.protocol`` frames. See ``WorkerLoop`` for the behaviour.
 
 Exit codes: 0 after TERMINATE (or when the supervisor closed our input pipe), 2 protocol error,
 3 INIT_FAILED, 70 supervisor gone (parent changed, or our output pipe is broken).
@@ -25,18 +25,6 @@ from typing import Any
 
 from streamworker.observability.logging import bind_call_context, configure_logging, get_logger
 from streamworker.protocol import (
-    F_LANE,
-    F_OFFSET,
-    F_PARTITION,
-    F_RETRY,
-    F_SEQ,
-    F_TOPIC,
-    R_OFFSETS,
-    R_PARTITION,
-    R_RETRY,
-    R_TIMESTAMPS,
-    R_TOPIC,
-    RUN_LENGTH,
     FrameReader,
     Msg,
     ProtocolError,
@@ -46,6 +34,23 @@ from streamworker.protocol import (
     summarize_durations,
     write_all_blocking,
 )
+from streamworker.records import (
+    F_KIND,
+    F_LANE,
+    F_OFFSET,
+    F_PARTITION,
+    F_RETRY,
+    F_SEQ,
+    F_TOPIC,
+    KIND_RUN,
+    R_OFFSETS,
+    R_PARTITION,
+    R_RETRY,
+    R_TIMESTAMPS,
+    R_TOPIC,
+    new_event,
+)
+from streamworker.worker.handler_call import call_maybe_async, what_it_returned
 from streamworker.worker.loader import (
     INIT_CONTEXT_NAME,
     HandlerLoadError,
@@ -54,7 +59,7 @@ from streamworker.worker.loader import (
     format_traceback,
     load_handler,
 )
-from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo, is_no_ack
+from streamworker.worker.sdk import Context, Event, Logger, Platform, TriggerInfo
 
 __all__ = [
     "EXIT_INIT_FAILED",
@@ -62,7 +67,7 @@ __all__ = [
     "EXIT_PROTOCOL_ERROR",
     "EXIT_SUPERVISOR_GONE",
     "LOG_FORMAT_ENV_VAR",
-    "Worker",
+    "WorkerLoop",
     "main",
 ]
 
@@ -144,8 +149,8 @@ def _one_line(exc: BaseException) -> str:
     return text[:MAX_ERROR_MESSAGE]
 
 
-class Worker:
-    """One worker: reads frames from ``in_fd``, writes frames to ``out_fd``.
+class WorkerLoop:
+    """The loop inside one worker process: reads frames from ``in_fd``, writes frames to ``out_fd``.
 
     Everything runs on one asyncio loop for the life of the process, so tasks a handler starts keep
     running between events and while idle. Events run one at a time, in the order received; DRAIN and
@@ -284,7 +289,7 @@ class Worker:
         for item in inbox:
             if type(item) is list and item[F_LANE] in lanes:
                 result = [item[F_SEQ], _DEFERRED, 0.0, None, None]
-                if len(item) == RUN_LENGTH:
+                if item[F_KIND] == KIND_RUN:
                     result.append(summarize_durations([]))
                 self._results.append(result)
         inbox.clear()
@@ -476,9 +481,7 @@ class Worker:
         init_context = self.loaded.init_context
         if init_context is not None:
             try:
-                result = init_context(self.context)
-                if inspect.isawaitable(result):
-                    await result
+                await call_maybe_async(init_context, self.context)
             except BaseException as exc:  # SystemExit or a cancelled await count as failures too
                 handler = f"{self.loaded.module_name}:{INIT_CONTEXT_NAME}"
                 message = f"{handler} raised {type(exc).__name__}: {_one_line(exc)}"
@@ -511,6 +514,7 @@ class Worker:
         sleep = asyncio.sleep
         set_current_event = context.platform.set_current_event
         output_topic = self._output_topic
+        output_headers = self._output_headers
         last_flush = perf()
 
         while True:
@@ -527,7 +531,7 @@ class Worker:
 
             with inbox_lock:
                 item = inbox.popleft()
-                if type(item) is list and len(item) == RUN_LENGTH:
+                if type(item) is list and item[F_KIND] == KIND_RUN:
                     # Active from the moment it leaves the inbox, so a CANCEL read meanwhile stops it.
                     self._run_cancelled = False
                     self._run_active = [item[F_SEQ], 0, [], item[F_LANE]]
@@ -537,7 +541,7 @@ class Worker:
                     return code
                 last_flush = perf()
                 continue
-            if len(item) == RUN_LENGTH:
+            if item[F_KIND] == KIND_RUN:
                 code = await self._run(item)
                 if code is not None:
                     return code
@@ -559,13 +563,17 @@ class Worker:
             set_current_event(event)
             t0 = perf()
             try:
-                result = handler(context, event)
+                result = handler(context, event)  # handler_call.call_maybe_async, inlined
                 if result is not None and isawaitable(result):
                     result = await result
                 t1 = perf()
-                status = _NO_ACK if result is not None and is_no_ack(result) else _OK
-                if result is not None and output_topic is not None:
-                    self._return_output(result, item, output_topic)
+                status = _OK
+                if result is not None:
+                    no_ack, output = what_it_returned(result, item, output_topic, output_headers)
+                    if no_ack:
+                        status = _NO_ACK
+                    if output is not None:
+                        self._record_outputs.append(output)
                 if self._record_outputs:
                     self._outputs_done(item[F_TOPIC], item[F_PARTITION], item[F_OFFSET])
                 if self._open_all or (status == _NO_ACK and self._open_no_ack):
@@ -615,6 +623,7 @@ class Worker:
         context = self.context
         set_current_event = context.platform.set_current_event
         output_topic = self._output_topic
+        output_headers = self._output_headers
         logger = context.logger
         trigger = self.trigger
         decode = self.decode_strings
@@ -632,24 +641,35 @@ class Worker:
             if self._run_cancelled:  # set by CANCEL, read from the pipe while a call awaited
                 final = [seq, _DEFERRED, 0.0, None, None]
                 break
-            wire = [seq, lane, topic, partition, offsets[index], keys[index], values[index]]
             stamp = stamps[index]
-            wire += (headers[index], stamp if stamp >= 0 else None, 1, False)
+            wire = new_event(
+                seq,
+                lane,
+                topic,
+                partition,
+                offsets[index],
+                keys[index],
+                values[index],
+                headers[index],
+                stamp if stamp >= 0 else None,
+            )
             event = Event(wire, trigger, decode)
             logger.current_event = event
             self._handling = event
             set_current_event(event)
             t0 = perf()
             try:
-                result = handler(context, event)
+                result = handler(context, event)  # handler_call.call_maybe_async, inlined
                 if result is not None and isawaitable(result):
                     result = await result
-                if result is not None and output_topic is not None:
-                    self._return_output(result, wire, output_topic)
+                if result is not None:
+                    # acks are not explicit for runs: a no-ack response means nothing.
+                    output = what_it_returned(result, wire, output_topic, output_headers)[1]
+                    if output is not None:
+                        self._record_outputs.append(output)
                 if self._record_outputs:
                     # Queued before the duration that reports the record done (see ``_flush``).
                     self._outputs_done(topic, partition, offsets[index])
-                # acks are not explicit for runs: a no-ack response means nothing.
                 durations.append(perf() - t0)
             except Exception as exc:
                 final = [seq, _ERROR, perf() - t0, type(exc).__name__, _one_line(exc)]
@@ -689,16 +709,6 @@ class Worker:
             )
             logger.current_event = None
         return None
-
-    def _return_output(self, result: Any, wire: list[Any], topic: str) -> None:
-        """attributes.outputTopic: the return value becomes the record's last output."""
-        # Imported here to keep this module's import block as it is on other branches (a merge aid);
-        # after the first call it is a dictionary lookup.
-        from streamworker.worker.outputs import return_value_output
-
-        output = return_value_output(result, wire, topic, self._output_headers)
-        if output is not None:
-            self._record_outputs.append(output)
 
     def _outputs_done(self, topic: str, partition: int, offset: int) -> None:
         """The handler returned: queue the record's outputs, ahead of its result."""
@@ -743,9 +753,7 @@ class Worker:
         if callback is None:
             return
         try:
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
+            await call_maybe_async(callback)
         except Exception as exc:
             self._log.error(f"{what} callback raised", error_type=type(exc).__name__, exc_info=exc)
         # Acks made by the callback go out before the DRAINED/TERMINATED that follows.
@@ -794,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.set_inheritable(args.out_fd, False)
 
     configure_logging("info", _log_format())
-    worker = Worker(args.in_fd, args.out_fd)
+    worker = WorkerLoop(args.in_fd, args.out_fd)
     code = asyncio.run(worker.run())
     sys.stdout.flush()
     _hard_exit_after(code, 2.0)

@@ -24,8 +24,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from streamworker.observability.logging import EVENT_FIELD_ALIAS
-from streamworker.protocol import (
-    EVENT_FIELDS,
+from streamworker.records import (
     F_ATTEMPT,
     F_HEADERS,
     F_KEY,
@@ -34,6 +33,7 @@ from streamworker.protocol import (
     F_TIMESTAMP_MS,
     F_TOPIC,
     F_VALUE,
+    new_event,
 )
 from streamworker.worker.outputs import make_output
 
@@ -499,20 +499,9 @@ class Event:
             header_pairs = [[k, v] for k, v in headers.items()]
         else:
             header_pairs = [[k, v] for k, v in headers]
-        values = {
-            "seq": 0,
-            "lane": partition,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": key,
-            "value": body,
-            "headers": header_pairs,
-            "timestamp_ms": timestamp_ms,
-            "attempt": attempt,
-            "retry": False,
-        }
-        wire = [values[name] for name in EVENT_FIELDS]
+        wire = new_event(
+            0, partition, topic, partition, offset, key, body, header_pairs, timestamp_ms, attempt
+        )
         return cls(wire, trigger or TriggerInfo("kafka-cluster", "test"), decode_strings)
 
     # -- record fields ------------------------------------------------------------------------

@@ -137,7 +137,7 @@ class LocalBroker:
         stop_timeout: seconds to wait after SIGINT before SIGKILL.
         attempts: how many ports to try when the port is busy.
         advertised_port: the port the broker tells clients to connect to, when something (a TLS
-            proxy, see :mod:`streamworker.devsecurity`) stands in front of it; default: its own.
+            proxy, see :mod:`devtools.security`) stands in front of it; default: its own.
     """
 
     port: int | None = None

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from streamworker.devbroker import LocalBroker, Record, committed_offsets, create_topics, produce
+from devtools.broker import LocalBroker, Record, committed_offsets, create_topics, produce
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "orders" / "function.yaml"
 TOPIC = "orders"

@@ -1,5 +1,8 @@
 """What a trigger runner tells the outside world (health checks, metrics), without knowing who listens.
 
+Below both `supervisor/` (which publishes) and `observability/` (which reads): imports run one way,
+observability never imports the supervisor (tests/test_layering.py).
+
 The runner publishes an immutable ``TriggerSnapshot`` every timer tick (~50 ms) and passes handler
 durations as they arrive. Readers on other threads (the HTTP server) only ever see whole snapshots:
 the reference is swapped, never mutated, so no lock sits on the poll loop.

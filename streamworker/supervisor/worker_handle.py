@@ -46,8 +46,8 @@ class WorkerState(enum.Enum):
     DEAD = "dead"
 
 
-class WorkerProcess:
-    """One worker process and its two pipes."""
+class WorkerHandle:
+    """The supervisor's handle on one worker process: its pid, its two pipes, its state."""
 
     def __init__(self, worker_id: int, init: WorkerInit, env: Mapping[str, str]) -> None:
         self.worker_id = worker_id
