@@ -85,6 +85,12 @@ RUN_FIELDS = (
 
 assert (F_KIND, F_SEQ, F_LANE) == (R_KIND, R_SEQ, R_LANE), "kind, seq and lane lead both layouts"
 
+# Key mode: a run carries one more column, ``lanes``, each record's key lane. Its records may belong
+# to many lanes: the worker runs them in order, defers only those of a lane it holds, and goes on
+# after a failure (holding that record's lane), reporting such records one by one
+# (``protocol.RESULT_RUN_EXCEPTIONS``).
+R_LANES = len(RUN_FIELDS)
+
 
 def record_size(key: bytes | None, value: bytes | None) -> int:
     """Key + value bytes of one record: what buffer and window limits count (``F_SIZE``)."""

@@ -15,11 +15,20 @@ Vocabulary
   backoff, followed by the deferred ones.
 - Records are wire events (lists, see ``records.EVENT_FIELDS``) from fetch to completion: no
   per-record objects besides the list that is sent anyway.
-- In pool and static mode with acks not explicit, fetched records arrive as ``Run`` s instead:
-  consecutive records of one partition kept as columns, dispatched, sent and completed as one unit
-  (the worker reports progress within a run). A lane's queue may hold both kinds. A record leaves
-  its run as soon as it needs anything of its own (a failure, a retry, a crash, a cancel): it is
-  turned into a wire record and takes the per-record path from there.
+- With acks not explicit, fetched records arrive as ``Run`` s instead: consecutive records of one
+  partition kept as columns, dispatched, sent and completed as one unit (the worker reports
+  progress within a run). A lane's queue may hold both kinds. A record leaves its run as soon as it
+  needs anything of its own (a failure, a retry, a crash, a cancel): it is turned into a wire record
+  and takes the per-record path from there.
+- Key mode runs: a run is split by target worker (``crc32(key) mod numWorkers``) into one run per
+  worker, queued on that worker's *carrier* lane of the partition (a lane of runs only, bound to the
+  worker), and carries each record's key lane id in a column. A key with a lane of its own (records
+  failed, deferred, waiting for a retry or returned by a crash) is *busy*: its records leave the
+  carriers' undispatched runs when its lane is made and its new records bypass runs, so they queue
+  behind the busy ones in its lane, in offset order. Runs already on the worker are ahead of any
+  retry of that key there, and the worker defers that key's records in them (it holds the lane), so
+  they come back to the lane too. Key lane ids of run records come from a per-partition key -> id
+  map; a key whose lane is dropped gets a fresh id (a worker may still hold the old one).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from streamworker.config.model import (
@@ -36,7 +46,7 @@ from streamworker.config.model import (
     ExplicitAckScope,
     StaticMapping,
 )
-from streamworker.protocol import RESULT_RUN_DURATIONS, Status
+from streamworker.protocol import RESULT_RUN_DURATIONS, RESULT_RUN_EXCEPTIONS, Status
 from streamworker.records import (
     F_ATTEMPT,
     F_KEY,
@@ -61,6 +71,11 @@ _ERROR, _PROGRESS = int(Status.ERROR), int(Status.PROGRESS)
 TopicPartition = tuple[str, int]
 # (seq, status, duration_s, error_type, error_message) as sent by a worker
 Result = list[Any]
+
+
+# Key mode runs: a partition's key -> lane id map is cleared past this many keys (when nothing of its
+# runs is queued), so memory follows the keys of the backlog, not every key ever seen.
+RUN_IDS_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class Run:
         "headers",
         "keys",
         "lane",
+        "lanes",
         "offsets",
         "partition",
         "retry",
@@ -141,6 +157,8 @@ class Run:
         # Key + value bytes of all records, for buffer and window accounting (as ``F_SIZE`` of a record).
         self.size = _byte_size(keys, values) if size is None else size
         self.lane = 0
+        # Key mode: each record's key lane id (the column a worker holds lanes by); None otherwise.
+        self.lanes: list[int] | None = None
         self.seq = 0
         self.retry = False
         self.done = 0
@@ -149,8 +167,8 @@ class Run:
         return len(self.offsets)
 
     def wire(self) -> list[Any]:
-        """The run as sent to a worker (``records.RUN_FIELDS``)."""
-        return new_run(
+        """The run as sent to a worker (``records.RUN_FIELDS``, plus ``lanes`` in key mode)."""
+        wire = new_run(
             self.seq,
             self.lane,
             self.topic,
@@ -162,6 +180,37 @@ class Run:
             self.headers,
             self.timestamps,
         )
+        if self.lanes is not None:
+            wire.append(self.lanes)
+        return wire
+
+    def subset(self, mask: list[bool]) -> Run:
+        """A new run of the records where ``mask`` is true (same partition, lane ids kept)."""
+        run = Run(
+            self.topic,
+            self.partition,
+            list(compress(self.offsets, mask)),
+            list(compress(self.keys, mask)),
+            list(compress(self.values, mask)),
+            list(compress(self.headers, mask)),
+            list(compress(self.timestamps, mask)),
+        )
+        if self.lanes is not None:
+            run.lanes = list(compress(self.lanes, mask))
+        return run
+
+    def remove(self, mask: list[bool]) -> None:
+        """Drop the records where ``mask`` is true (their bytes leave ``size``)."""
+        keep = [not taken for taken in mask]
+        removed = _byte_size(list(compress(self.keys, mask)), list(compress(self.values, mask)))
+        self.offsets = list(compress(self.offsets, keep))
+        self.keys = list(compress(self.keys, keep))
+        self.values = list(compress(self.values, keep))
+        self.headers = list(compress(self.headers, keep))
+        self.timestamps = list(compress(self.timestamps, keep))
+        if self.lanes is not None:
+            self.lanes = list(compress(self.lanes, keep))
+        self.size -= removed
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
@@ -179,15 +228,19 @@ class Run:
             self.size - head_size,
         )
         rest.lane = self.lane
+        if self.lanes is not None:
+            rest.lanes = self.lanes[count:]
+            del self.lanes[count:]
         del self.offsets[count:], self.keys[count:], self.values[count:]
         del self.headers[count:], self.timestamps[count:]
         self.size = head_size
         return rest
 
     def records(self, start: int = 0, stop: int | None = None) -> list[Record]:
-        """Records ``start``..``stop`` as wire records (the per-record path), carrying this run's seq."""
+        """Records ``start``..``stop`` as wire records (the per-record path), carrying this run's seq
+        and each record's lane (its key lane in key mode)."""
         topic, partition, lane, seq = self.topic, self.partition, self.lane, self.seq
-        keys, values = self.keys, self.values
+        keys, values, lanes = self.keys, self.values, self.lanes
 
         return [
             new_record(
@@ -199,7 +252,7 @@ class Run:
                 self.headers[i],
                 self.timestamps[i] if self.timestamps[i] >= 0 else None,
                 seq,
-                lane,
+                lane if lanes is None else lanes[i],
             )
             for i in range(start, len(self.offsets) if stop is None else stop)
         ]
@@ -213,6 +266,11 @@ Item = Any
 def _lane_id(item: Item) -> int:
     lane: int = item.lane if type(item) is Run else item[F_LANE]
     return lane
+
+
+def _offset_of(record: Record) -> int:
+    offset: int = record[F_OFFSET]
+    return offset
 
 
 def _events(item: Item) -> int:
@@ -232,6 +290,7 @@ def _return_in_order(lane: Lane, record: Record) -> None:
 
 class Lane:
     __slots__ = (
+        "carrier",
         "fixed_worker",
         "hold",
         "id",
@@ -264,6 +323,8 @@ class Lane:
         # A record whose retries are exhausted, waiting for the dead-letter topic's delivery report;
         # the lane waits behind it so its order holds.
         self.parked: Record | None = None
+        # Key mode: a lane of runs bound to one worker (see the module docstring), never dropped.
+        self.carrier = False
 
     @property
     def idle(self) -> bool:
@@ -278,6 +339,7 @@ class PartitionState:
         "awaiting_ack",
         "buffered",
         "buffered_bytes",
+        "carriers",
         "default_lane",
         "early_acks",
         "handled_by",
@@ -290,6 +352,7 @@ class PartitionState:
         "paused",
         "revoking",
         "rewind_to",
+        "run_ids",
         "stopped",
         "tp",
     )
@@ -307,6 +370,10 @@ class PartitionState:
         self.handled_by: set[int] = set()
         # key mode: key -> its lane (lanes are made on demand and dropped when idle).
         self.key_lanes: dict[bytes | None, Lane] = {}
+        # key mode runs: the carrier lane of each worker, and key -> (lane id, worker) of keys whose
+        # records ride in runs (cleared when it grows large and no run of the partition is queued).
+        self.carriers: list[Lane] = []
+        self.run_ids: dict[bytes | None, tuple[int, int]] = {}
         # onError: stop hit this partition: nothing more is dispatched until restart.
         self.stopped = False
         # Inputs with outputs not confirmed yet (offset -> them): not done until they are.
@@ -393,6 +460,14 @@ class Dispatcher:
                 state.lanes[lane.id] = lane
                 state.default_lane = lane
                 self._lanes[lane.id] = lane
+            else:
+                for wid in range(self.settings.num_workers):
+                    lane = Lane(self._next_lane, state, wid)
+                    lane.carrier = True
+                    self._next_lane += 1
+                    state.lanes[lane.id] = lane
+                    state.carriers.append(lane)
+                    self._lanes[lane.id] = lane
             self._partitions[tp] = state
 
     def _static_slots(self, new: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -436,8 +511,13 @@ class Dispatcher:
         return dropped
 
     def lanes_of(self, tps: Iterable[TopicPartition]) -> list[int]:
+        """Lanes of ``tps`` (key mode: idle carriers left out, they have nothing to cancel)."""
         return [
-            lane.id for tp in tps if tp in self._partitions for lane in self._partitions[tp].lanes.values()
+            lane.id
+            for tp in tps
+            if tp in self._partitions
+            for lane in self._partitions[tp].lanes.values()
+            if not (lane.carrier and lane.idle)
         ]
 
     def inflight_in(self, tps: Iterable[TopicPartition]) -> int:
@@ -503,24 +583,65 @@ class Dispatcher:
     def partitions(self) -> list[TopicPartition]:
         return list(self._partitions)
 
-    def _key_lane(self, state: PartitionState, key: bytes | None) -> Lane:
+    def _key_lane(self, state: PartitionState, key: bytes | None, lane_id: int | None = None) -> Lane:
+        """The key's lane, made if needed (with ``lane_id``: the id its records carried in runs, which
+        the worker may hold). A new lane takes the key's records out of undispatched runs."""
         lane = state.key_lanes.get(key)
         if lane is None:
             # crc32, not hash(): the same key must map to the same worker in every process and run.
             worker = zlib.crc32(key or b"") % self.settings.num_workers
-            lane = Lane(self._next_lane, state, worker, key)
-            self._next_lane += 1
+            if lane_id is None:
+                lane_id = self._next_lane
+                self._next_lane += 1
+            lane = Lane(lane_id, state, worker, key)
             state.key_lanes[key] = lane
             state.lanes[lane.id] = lane
             self._lanes[lane.id] = lane
+            if state.carriers:
+                self._take_from_carrier(state.carriers[worker], lane)
+        return lane
+
+    def _take_from_carrier(self, carrier: Lane, lane: Lane) -> None:
+        """Move ``lane``'s key's records out of the carrier's undispatched runs into its queue (they
+        are later than anything of the key in flight, and in offset order)."""
+        if not carrier.pending:
+            return
+        key = lane.key
+        kept: deque[Item] = deque()
+        for item in carrier.pending:
+            if type(item) is Run and key in item.keys:
+                mask = [k == key for k in item.keys]
+                for record in item.records():
+                    if record[F_KEY] == key:
+                        record[F_LANE] = lane.id
+                        lane.pending.append(record)
+                item.remove(mask)
+                if not len(item):
+                    continue
+            kept.append(item)
+        carrier.pending = kept
+        if not kept:
+            self._runnable.pop(carrier.id, None)
+        if lane.pending:
+            self._runnable.setdefault(lane.id, lane)
+
+    def _run_record_lane(self, state: PartitionState, record: Record) -> Lane:
+        """The key lane a record leaving a key run goes to (made with the id it carried if needed)."""
+        lane = self._lanes.get(record[F_LANE])
+        if lane is None or lane.carrier:
+            lane = self._key_lane(state, record[F_KEY], record[F_LANE])
+        record[F_LANE] = lane.id
         return lane
 
     def _drop_if_idle(self, lane: Lane) -> None:
         """Key lanes come and go with their keys, so memory follows the keys in flight, not all keys."""
-        if self._key_mode and lane.idle:
+        if self._key_mode and lane.idle and not lane.carrier:
             state = lane.partition
             if state.key_lanes.get(lane.key) is lane:
                 del state.key_lanes[lane.key]
+                # The next run record of this key gets a fresh lane id: a worker may still hold this
+                # one (a skipped record's lane is held until a retry-flagged event that never comes).
+                state.run_ids.pop(lane.key, None)
             state.lanes.pop(lane.id, None)
             self._lanes.pop(lane.id, None)
             self._runnable.pop(lane.id, None)
@@ -583,17 +704,69 @@ class Dispatcher:
             return 0
         if room < len(run):
             state.rewind_to = run.split(room).offsets[0]
-        lane = state.default_lane
-        assert lane is not None, "runs are for pool and static mode"
-        run.lane = lane.id
         state.offsets.track_many(run.offsets)
         count = len(run)
         state.buffered += count
         state.buffered_bytes += run.size
+        lane = state.default_lane
+        if lane is None:
+            self._add_key_run(state, run)
+            return count
+        run.lane = lane.id
         lane.pending.append(run)
         if lane.id not in self._runnable:
             self._runnable[lane.id] = lane
         return count
+
+    def _add_key_run(self, state: PartitionState, run: Run) -> None:
+        """Key mode: the run's records of busy keys go to their lanes; the rest, split by target
+        worker, to the carriers, with each record's key lane id (see the module docstring)."""
+        busy = state.key_lanes
+        if busy and not busy.keys().isdisjoint(run.keys):
+            mask = [key in busy for key in run.keys]
+            for record in run.records():
+                lane = busy.get(record[F_KEY])
+                if lane is not None:
+                    record[F_LANE] = lane.id
+                    lane.pending.append(record)
+                    self._runnable.setdefault(lane.id, lane)
+            run.remove(mask)
+            if not len(run):
+                return
+        ids = state.run_ids
+        if len(ids) > RUN_IDS_LIMIT and not any(c.pending or c.inflight for c in state.carriers):
+            ids.clear()  # no run of this partition is queued anywhere: no id in use
+        entries: list[Any] = list(map(ids.get, run.keys))
+        if None in entries:
+            workers = self.settings.num_workers
+            for index, key in enumerate(run.keys):
+                if entries[index] is None:
+                    entry = ids.get(key)
+                    if entry is None:
+                        entry = ids[key] = (self._next_lane, zlib.crc32(key or b"") % workers)
+                        self._next_lane += 1
+                    entries[index] = entry
+        run.lanes = [entry[0] for entry in entries]
+        carriers = state.carriers
+        if len(carriers) > 1:
+            targets = [entry[1] for entry in entries]
+            first = targets[0]
+            if targets.count(first) != len(targets):
+                for wid, carrier in enumerate(carriers):
+                    mask = [target == wid for target in targets]
+                    if any(mask):
+                        self._queue_run(carrier, run.subset(mask))
+                return
+            carrier = carriers[first]
+        else:
+            carrier = carriers[0]
+        self._queue_run(carrier, run)
+
+    def _queue_run(self, lane: Lane, run: Run) -> None:
+        run.lane = lane.id
+        lane.pending.append(run)
+        if lane.id not in self._runnable:
+            self._runnable[lane.id] = lane
 
     # -- dispatch ---------------------------------------------------------------------------
     def take_dispatches(self, now: float) -> dict[int, list[Record]]:
@@ -890,10 +1063,19 @@ class Dispatcher:
         lane = self._lanes[run.lane]
         state = lane.partition
         count = result[RESULT_RUN_DURATIONS][0]
+        exceptions = result[RESULT_RUN_EXCEPTIONS] if len(result) > RESULT_RUN_EXCEPTIONS else None
+        if exceptions:
+            count += len(exceptions)
         if count:
             start = run.done
             run.done = start + count
-            if state.outputs:
+            if exceptions:
+                finished, failed, lanes = self._key_run_exceptions(
+                    slot, state, run, start, count, exceptions, now
+                )
+                failures.extend(failed)
+                touched.extend(lanes)
+            elif state.outputs:
                 finished = self._run_done_with_outputs(state, run, start, count)
             else:
                 finished = count
@@ -911,7 +1093,13 @@ class Dispatcher:
         slot.outstanding_events -= len(rest)
         # The finished records' bytes leave the buffer now; the rest keep theirs, one by one.
         state.buffered_bytes -= run.size - sum([record[F_SIZE] for record in rest])
-        if status == _ERROR and rest:
+        if run.lanes is not None:
+            # Key run: what did not run goes back to each record's key lane.
+            for record in rest:
+                key_lane = self._run_record_lane(state, record)
+                _return_in_order(key_lane, record)
+                touched.append(key_lane)
+        elif status == _ERROR and rest:
             failed = rest.pop(0)
             lane.returned.extend(rest)
             failures.append(self._fail(lane, failed, str(result[3]), str(result[4]), now))
@@ -920,6 +1108,55 @@ class Dispatcher:
             lane.returned.extend(rest)
         if lane.inflight == 0:
             touched.append(lane)
+
+    def _key_run_exceptions(
+        self,
+        slot: WorkerQueue,
+        state: PartitionState,
+        run: Run,
+        start: int,
+        count: int,
+        exceptions: list[list[Any]],
+        now: float,
+    ) -> tuple[int, list[Failure], list[Lane]]:
+        """Records ``start``.. of a key run were handled, except ``exceptions`` (deferred or failed):
+        those leave the run for their key lanes. Returns (records done, failures, lanes touched)."""
+        odd = {exception[0]: exception for exception in exceptions}
+        failures: list[Failure] = []
+        touched: list[Lane] = []
+        finished = 0
+        for index in range(start, start + count):
+            exception = odd.get(index)
+            if exception is None:
+                continue
+            record = run.records(index, index + 1)[0]
+            # Its bytes leave the run (and the window) now; it keeps them in the buffer on its own.
+            run.size -= record[F_SIZE]
+            slot.outstanding_bytes -= record[F_SIZE]
+            lane = self._run_record_lane(state, record)
+            if exception[1] == _DEFERRED:
+                _return_in_order(lane, record)
+            else:
+                failures.append(self._fail(lane, record, str(exception[3]), str(exception[4]), now))
+            touched.append(lane)
+        ok = [index for index in range(start, start + count) if index not in odd]
+        if state.outputs:
+            for index in ok:
+                record = run.records(index, index + 1)[0]
+                if record[F_OFFSET] in state.outputs:
+                    state.buffered_bytes += record[F_SIZE]
+                    if self._held_for_outputs(state, record):
+                        continue
+                    state.buffered_bytes -= record[F_SIZE]
+                state.offsets.done(record[F_OFFSET])
+                state.buffered -= 1
+                finished += 1
+        else:
+            offsets = run.offsets
+            state.offsets.done_many([offsets[index] for index in ok])
+            state.buffered -= len(ok)
+            finished = len(ok)
+        return finished, failures, touched
 
     @staticmethod
     def _drop_outstanding(slot: WorkerQueue, seq: int) -> None:
@@ -964,6 +1201,8 @@ class Dispatcher:
                 # What the worker reported done stays done; the rest goes back one by one.
                 rest = item.records(item.done)
                 lane.partition.buffered_bytes -= item.size - sum([record[F_SIZE] for record in rest])
+                if item.lanes is not None:
+                    touched.extend(self._run_record_lane(lane.partition, record) for record in rest)
                 records.extend(rest)
             else:
                 records.append(item)
@@ -1239,13 +1478,21 @@ class Dispatcher:
     def _settle(self, lane: Lane) -> None:
         """Nothing of this lane is in flight: re-queue what came back, release a free binding."""
         if lane.returned:
-            lane.pending.extendleft(reversed(lane.returned))
+            if self._key_mode and lane.pending and type(lane.pending[0]) is not Run:
+                # Key runs return a key's records in several reports (a run's progress, then later
+                # runs the worker deferred them from), each settled on its own: one key's records
+                # of one partition run in offset order, so merge by it.
+                merged = sorted([*lane.returned, *lane.pending], key=_offset_of)
+                lane.pending.clear()
+                lane.pending.extend(merged)
+            else:
+                lane.pending.extendleft(reversed(lane.returned))
             lane.returned.clear()
         if not lane.hold:
             lane.worker = lane.fixed_worker
         if lane.pending and not lane.partition.revoking:
             self._runnable.setdefault(lane.id, lane)
-        elif self._key_mode:
+        elif self._key_mode and not lane.carrier:
             self._drop_if_idle(lane)
 
     # -- flow control and commits -----------------------------------------------------------

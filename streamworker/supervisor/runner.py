@@ -24,10 +24,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streamworker.config.kafka_settings import consumer_settings
-from streamworker.config.model import AllocationMode, ExplicitAckMode, FunctionConfig, TriggerConfig
+from streamworker.config.model import ExplicitAckMode, FunctionConfig, TriggerConfig
 from streamworker.observability.logging import get_logger
 from streamworker.observability.ratelimit import RepeatLimiter
-from streamworker.protocol import RESULT_RUN_DURATIONS, Status, WorkerInit
+from streamworker.protocol import RESULT_RUN_DURATIONS, RESULT_RUN_EXCEPTIONS, Status, WorkerInit
 from streamworker.records import F_ATTEMPT, F_OFFSET, F_PARTITION, F_TOPIC
 from streamworker.snapshots import NullObserver, PartitionSnapshot, RunnerObserver, TriggerSnapshot
 from streamworker.supervisor.backoff import Backoff
@@ -114,11 +114,9 @@ class TriggerRunner:
                 delay=self._retry_backoff.delay,
             ),
         )
-        # Runs (see dispatch.Run): where a partition is one lane and no record waits for an ack.
-        use_runs = (
-            self.attrs.worker_allocation_mode is not AllocationMode.KEY
-            and trigger.explicit_ack_mode is ExplicitAckMode.DISABLE
-        )
+        # Runs (see dispatch.Run): whenever no record waits for an ack (key mode: runs with a lane
+        # per record, see the dispatch module docstring).
+        use_runs = trigger.explicit_ack_mode is ExplicitAckMode.DISABLE
         # Subscribed to one topic by name (not a pattern): every record is of that topic.
         topics = self.attrs.topics
         only_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") else None
@@ -222,6 +220,8 @@ class TriggerRunner:
                     self.observer.on_duration_counts(self.trigger.name, counts, total)
                 if result[1] == Status.ERROR:
                     ran.append(result[2])
+                if len(result) > RESULT_RUN_EXCEPTIONS:  # a key run's failed records
+                    ran.extend(e[2] for e in result[RESULT_RUN_EXCEPTIONS] if e[1] == Status.ERROR)
             elif result[1] != Status.DEFERRED:
                 ran.append(result[2])
         if ran:

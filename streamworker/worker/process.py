@@ -43,6 +43,7 @@ from streamworker.records import (
     F_SEQ,
     F_TOPIC,
     KIND_RUN,
+    R_LANES,
     R_OFFSETS,
     R_PARTITION,
     R_RETRY,
@@ -201,9 +202,11 @@ class WorkerLoop:
         # Lanes in which an event failed here: later events of the lane are DEFERRED until the
         # supervisor re-sends the failed one with retry=True.
         self._held: set[Any] = set()
-        # The run being handled: [seq, records reported so far, durations of finished records, lane].
-        # ``_flush`` (loop or flusher thread, under ``_write_lock``) reports new finished records as
-        # PROGRESS, so a long call inside a run does not hold back the records before it.
+        # The run being handled: [seq, records reported so far, outcomes, lane, keyed]. Outcomes: per
+        # handled record in order, its duration (a float) or, in a key run only, a record that did
+        # not run fine ([index, status, duration, error type, message]). ``_flush`` (loop or flusher
+        # thread, under ``_write_lock``) reports new outcomes as PROGRESS, so a long call inside a
+        # run does not hold back the records before it.
         self._run_active: list[Any] | None = None
         # Set by CANCEL for the running run's lane: its records not started yet are not run.
         self._run_cancelled = False
@@ -323,9 +326,7 @@ class WorkerLoop:
             run = self._run_active
             if run is not None and len(run[2]) > run[1]:
                 reported = len(run[2])
-                results.append(
-                    [run[0], _PROGRESS, 0.0, None, None, summarize_durations(run[2][run[1] : reported])]
-                )
+                results.append(_run_report(run[0], _PROGRESS, run[2][run[1] : reported], run[4]))
                 run[1] = reported
             if results:
                 pop = results.popleft
@@ -534,7 +535,7 @@ class WorkerLoop:
                 if type(item) is list and item[F_KIND] == KIND_RUN:
                     # Active from the moment it leaves the inbox, so a CANCEL read meanwhile stops it.
                     self._run_cancelled = False
-                    self._run_active = [item[F_SEQ], 0, [], item[F_LANE]]
+                    self._run_active = [item[F_SEQ], 0, [], item[F_LANE], len(item) > R_LANES]
             if type(item) is not list:
                 code = await self._control(item)
                 if code is not None:
@@ -607,7 +608,9 @@ class WorkerLoop:
         """Handle a run's records in order, as if each came alone; one result (plus progress) for all.
 
         Stops at the first failure (the rest is not run: the lane is held as for a single event) or
-        when the run's lane is cancelled. Returns an exit code when the worker must stop.
+        when the run's lane is cancelled. A key run (``R_LANES``: a lane per record) instead defers
+        the records of lanes held here and goes on after a failure, holding the failed record's lane:
+        one key's failure does not stop the other keys. Returns an exit code when the worker must stop.
         """
         assert self.loaded is not None and self.context is not None
         seq, lane = item[F_SEQ], item[F_LANE]
@@ -619,6 +622,7 @@ class WorkerLoop:
                 self._run_active = None
                 self._results.append([seq, _DEFERRED, 0.0, None, None, summarize_durations([])])
             return None
+        lanes: list[Any] | None = item[R_LANES] if len(item) > R_LANES else None
         handler = self.loaded.handler
         context = self.context
         set_current_event = context.platform.set_current_event
@@ -634,17 +638,23 @@ class WorkerLoop:
         # Set by ``_serve`` as the run left the inbox: [seq, reported, durations, lane].
         progress = self._run_active
         assert progress is not None and progress[0] == seq
-        durations: list[float] = progress[2]
+        durations: list[Any] = progress[2]
         final: list[Any] | None = None
         failure: tuple[BaseException, Event] | None = None
+        record_lane = lane
         for index in range(len(offsets)):
             if self._run_cancelled:  # set by CANCEL, read from the pipe while a call awaited
                 final = [seq, _DEFERRED, 0.0, None, None]
                 break
+            if lanes is not None:
+                record_lane = lanes[index]
+                if held and record_lane in held:
+                    durations.append([index, _DEFERRED, 0.0, None, None])
+                    continue
             stamp = stamps[index]
             wire = new_event(
                 seq,
-                lane,
+                record_lane,
                 topic,
                 partition,
                 offsets[index],
@@ -684,7 +694,15 @@ class WorkerLoop:
             self._handling = None
             if final is not None:
                 self._record_outputs = []  # of the failed call: not produced
-                break
+                if lanes is None:
+                    break
+                # Key run: this record's lane is held from now on; the other lanes go on.
+                final[0] = index
+                durations.append(final)
+                held.add(record_lane)
+                assert failure is not None
+                self._log_failure(*failure)
+                final = failure = None
             if perf() - self._last_flush >= FLUSH_INTERVAL_S:
                 self._flush()
                 await asyncio.sleep(0)
@@ -693,22 +711,27 @@ class WorkerLoop:
                     return self._eof_exit_code()
         with self._write_lock:
             self._run_active = None
-            if final is None:
-                final = [seq, _OK, 0.0, None, None]
-            final.append(summarize_durations(durations[progress[1] :]))
-            self._results.append(final)
+            status = _OK if final is None else final[1]
+            report = _run_report(seq, status, durations[progress[1] :], lanes is not None)
+            if final is not None:
+                report[2:5] = final[2:5]
+            self._results.append(report)
         if failure is not None:
-            error, failed_event = failure
             held.add(lane)
-            logger.current_event = failed_event  # the log line names the record
-            logger.error_with(
-                "handler raised",
-                error_type=type(error).__name__,
-                attempt=failed_event.attempt,
-                exc_info=error,
-            )
-            logger.current_event = None
+            self._log_failure(*failure)
         return None
+
+    def _log_failure(self, error: BaseException, failed_event: Event) -> None:
+        assert self.context is not None
+        logger = self.context.logger
+        logger.current_event = failed_event  # the log line names the record
+        logger.error_with(
+            "handler raised",
+            error_type=type(error).__name__,
+            attempt=failed_event.attempt,
+            exc_info=error,
+        )
+        logger.current_event = None
 
     def _outputs_done(self, topic: str, partition: int, offset: int) -> None:
         """The handler returned: queue the record's outputs, ahead of its result."""
@@ -807,3 +830,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     _hard_exit_after(code, 2.0)
     return code
+
+
+def _run_report(seq: int, status: int, outcomes: list[Any], keyed: bool) -> list[Any]:
+    """A run's result or progress report for ``outcomes`` (see ``Worker._run_active``)."""
+    if not keyed:
+        return [seq, status, 0.0, None, None, summarize_durations(outcomes)]
+    durations = [outcome for outcome in outcomes if type(outcome) is float]
+    if len(durations) == len(outcomes):
+        return [seq, status, 0.0, None, None, summarize_durations(durations), []]
+    exceptions = [outcome for outcome in outcomes if type(outcome) is not float]
+    return [seq, status, 0.0, None, None, summarize_durations(durations), exceptions]
