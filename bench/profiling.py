@@ -142,8 +142,9 @@ def shorten_frame(frame: str) -> str:
 # Leaf frames that are waits, not work: py-spy --nonblocking cannot always tell a thread blocked in a
 # sleep, select or read from a running one, so these samples are dropped before the percentages.
 IDLE_LEAVES = (
-    ":Worker._start_flusher.<locals>.flush_periodically",  # time.sleep between flushes
-    ":Worker._read_frames",  # os.read on the pipe (the reader thread)
+    "._start_flusher.<locals>.flush_periodically",  # the worker's flusher: time.sleep between flushes
+    "._read_frames",  # os.read on the pipe (the worker's reader thread)
+    "start_parent_watchdog.<locals>.watch",  # the worker's parent watchdog sleeping
     ":Recorder._flush_forever",  # the benchmark handler's stats thread sleeping
     ":EpollSelector.select",
     ":Event.wait",
