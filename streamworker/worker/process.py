@@ -833,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_report(seq: int, status: int, outcomes: list[Any], keyed: bool) -> list[Any]:
-    """A run's result or progress report for ``outcomes`` (see ``Worker._run_active``)."""
+    """A run's result or progress report for ``outcomes`` (see ``WorkerLoop._run_active``)."""
     if not keyed:
         return [seq, status, 0.0, None, None, summarize_durations(outcomes)]
     durations = [outcome for outcome in outcomes if type(outcome) is float]
