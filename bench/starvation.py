@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 import common
 from common import say, unique
 from drain import fill_topic
-from plan import FULL, NOOP, Contender, Context
+from plan import FULL, NOOP, Contender, Context, Sizes
 from procs import OffsetPoller, launch, wait_committed
 
 from devtools.broker import LocalBroker
@@ -101,10 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--modes", default="pool,static")
     parser.add_argument("--window", type=int, default=1024, help="the dispatcher's window_events")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (samples, logs)")
     args = parser.parse_args(argv)
     sizes = FULL.__class__(**{**FULL.__dict__, "noop": args.records})
     root = Path(tempfile.mkdtemp(prefix="streamworker-starvation-"))
     results: dict[str, list[dict[str, float]]] = {}
+    try:
+        run_all(args, root, sizes, results)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    for mode, runs in results.items():
+        keys = runs[0].keys()
+        medians = {k: round(statistics.median(r.get(k, 0.0) for r in runs), 1) for k in keys}
+        say(f"{mode} (median of {len(runs)}): {json.dumps(medians)}")
+    return 0
+
+
+def run_all(
+    args: argparse.Namespace, root: Path, sizes: Sizes, results: dict[str, list[dict[str, float]]]
+) -> None:
     with LocalBroker() as broker:
         ctx = Context(broker.bootstrap, root, sizes, False, 1, [], None, "auto", [], broker_pid=broker.pid)
         topic, end = fill_topic(ctx, NOOP)
@@ -140,11 +157,6 @@ def main(argv: list[str] | None = None) -> int:
                 figures["rate"] = total / max(done - first, 1e-6)
                 say(f"{mode} run {run}: {json.dumps({k: round(v, 1) for k, v in figures.items()})}")
                 results.setdefault(mode, []).append(figures)
-    for mode, runs in results.items():
-        keys = runs[0].keys()
-        medians = {k: round(statistics.median(r.get(k, 0.0) for r in runs), 1) for k in keys}
-        say(f"{mode} (median of {len(runs)}): {json.dumps(medians)}")
-    return 0
 
 
 if __name__ == "__main__":
