@@ -103,6 +103,19 @@ class WorkerHarness:
         while data:
             data = data[os.write(self.to_worker, data) :]
 
+    def send_control(self, message: list[Any]) -> None:
+        """Send a control frame and wait until the worker's reader thread has taken it off the pipe.
+
+        A frame read while a call runs takes effect right after that call; one still in the pipe when
+        the call ends may come after the next queued event. Tests that release a running call right
+        after a control frame wait for this first, or they race the reader thread.
+        """
+        self.send(message)
+        deadline = time.monotonic() + 10
+        while unread_bytes(self.to_worker):
+            assert time.monotonic() < deadline, f"the worker never read {message!r}"
+            select.select([], [], [], 0.005)
+
     def init(self, handler: str, *, code_dir: Path = HANDLERS, decode: bool = True) -> None:
         init = WorkerInit(
             handler=handler,
@@ -418,13 +431,7 @@ def test_drain_runs_after_the_running_event_ahead_of_queued_ones(
     while {"waiting": 0} not in harness.observed():
         assert time.monotonic() < deadline, "event 0 never started"
         select.select([], [], [], 0.01)
-    harness.send([Msg.DRAIN, 17])
-    # The worker's reader thread takes control frames off the pipe while the call runs; only a frame
-    # it has read can go ahead of the queued event (one still in the pipe when the call ends cannot).
-    deadline = time.monotonic() + 10
-    while unread_bytes(harness.to_worker):
-        assert time.monotonic() < deadline, "the worker never read the DRAIN frame"
-        select.select([], [], [], 0.01)
+    harness.send_control([Msg.DRAIN, 17])
     flag.touch()
     results, _ = harness.results(1)
     assert statuses(results) == [(0, OK)]
@@ -587,7 +594,7 @@ def test_cancel_drops_queued_events_of_revoked_lanes_but_not_the_running_one(
     while {"waiting": 0} not in harness.observed():
         assert time.monotonic() < deadline, "event 0 never started"
         select.select([], [], [], 0.01)
-    harness.send([Msg.CANCEL, [7]])
+    harness.send_control([Msg.CANCEL, [7]])
     flag.touch()
     results, _ = harness.results(3)
     assert sorted(statuses(results)) == [(0, OK), (1, DEFERRED), (2, OK)]
@@ -717,7 +724,7 @@ def test_cancel_stops_the_running_run_after_its_current_record(
     while {"waiting": 0} not in harness.observed():
         assert time.monotonic() < deadline, "the run never started"
         select.select([], [], [], 0.01)
-    harness.send([Msg.CANCEL, [7]])
+    harness.send_control([Msg.CANCEL, [7]])
     flag.touch()
     results = collect(harness, 2)
     assert sorted(run_result(r) for r in results) == [(0, DEFERRED, 1), (1, DEFERRED, 0)]
@@ -808,7 +815,7 @@ def test_drain_and_terminate_are_read_while_a_sync_handler_runs(
         assert time.monotonic() < deadline, "event 0 never started"
         select.select([], [], [], 0.01)
     harness.send([Msg.DRAIN, 5])
-    harness.send([Msg.TERMINATE])
+    harness.send_control([Msg.TERMINATE])
     flag.touch()
     results, _ = harness.results(1)
     assert statuses(results) == [(0, OK)]
