@@ -111,21 +111,9 @@ def new_record(
     retry: bool = False,
 ) -> list[Any]:
     """A record as the supervisor keeps and sends it: an event plus its ``F_SIZE``."""
-    return [
-        KIND_EVENT,
-        seq,
-        lane,
-        topic,
-        partition,
-        offset,
-        key,
-        value,
-        headers,
-        timestamp_ms,
-        attempt,
-        retry,
-        record_size(key, value),
-    ]
+    record = new_event(seq, lane, topic, partition, offset, key, value, headers, timestamp_ms, attempt, retry)
+    record.append(record_size(key, value))
+    return record
 
 
 def new_event(
