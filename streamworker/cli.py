@@ -177,6 +177,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from streamworker.observability.metrics import MetricsObserver
     from streamworker.supervisor.app import Supervisor
+    from streamworker.supervisor.gc_tuning import tune_garbage_collector
     from streamworker.supervisor.runner import RunnerOptions
 
     options = RunnerOptions(log_level=args.log_level, log_format=args.log_format)
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"streamworker: {_bind_problem(health_address, exc)}", file=sys.stderr)
             return EXIT_CONFIG
         options.observer = observer
+    # This process is the supervisor from here on (everything is imported and parsed).
+    tune_garbage_collector()
     try:
         return Supervisor(loaded.config, options, health=health).run()
     finally:

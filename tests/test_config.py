@@ -1176,6 +1176,8 @@ def test_consumer_settings_defaults() -> None:
         "max.poll.interval.ms": 300000,
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.queue.backoff.ms": 10,
+        "queued.min.messages": 20000,
+        "fetch.wait.max.ms": 100,
     }
 
 

@@ -48,6 +48,8 @@ def test_producer_settings_keep_connection_and_security_but_no_group() -> None:
         "max.poll.interval.ms": 30000,
         "partition.assignment.strategy": "range",
         "fetch.queue.backoff.ms": 10,
+        "queued.min.messages": 20000,
+        "fetch.wait.max.ms": 100,
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN",
     }
@@ -65,6 +67,8 @@ def test_producer_settings_keep_connection_and_security_but_no_group() -> None:
         "max.poll.interval.ms",
         "partition.assignment.strategy",
         "fetch.queue.backoff.ms",
+        "queued.min.messages",
+        "fetch.wait.max.ms",
     ):
         assert key not in settings
 

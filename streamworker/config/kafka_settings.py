@@ -23,6 +23,17 @@ MIN_POLL_HEADROOM_S = 5.0
 # local queue is full. A consumer that pauses partitions for back-pressure then stalls in 1 s steps;
 # 10 ms keeps throughput smooth at a negligible cost in fetch requests.
 FETCH_QUEUE_BACKOFF_MS = 10
+# librdkafka's read-ahead per partition (default 100,000 records), on top of our own buffer
+# (maxBufferedRecords, 30,000 by default). Pausing a partition for back-pressure throws its read-ahead
+# away, fetched again on resume: with the default, a 1M-record backlog made the broker send, and the
+# supervisor free, most records several times over (issue #16, bench/RESULTS.md). Our buffer is the
+# read-ahead; librdkafka only needs enough to keep consume() fed between two fetches.
+QUEUED_MIN_MESSAGES = 20_000
+# How long the broker may hold a fetch that has no new data (default 500 ms). librdkafka keeps one
+# fetch in flight per broker, so a partition resumed after back-pressure waits for it: with the
+# other partitions idle at their end, the resumed one got nothing for up to 500 ms while the workers
+# ran dry. 100 ms bounds that stall, for ~10 empty fetches a second from an idle consumer.
+FETCH_WAIT_MAX_MS = 100
 
 # Settings streamworker must own, with the attribute that sets them. The loader rejects these under
 # `attributes.librdkafka` so there is exactly one place to set each and offsets stay ours to commit.
@@ -195,6 +206,8 @@ def consumer_settings(
         "max.poll.interval.ms": max(_ms(attrs.max_poll_interval), session_ms + _ms(MIN_POLL_HEADROOM_S)),
         "partition.assignment.strategy": attrs.balance_strategy.value,
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        "queued.min.messages": QUEUED_MIN_MESSAGES,
+        "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
     }
     if attrs.group_protocol is GroupProtocol.CONSUMER:
         # KIP-848: the broker owns these; librdkafka refuses to create the consumer if they are set.

@@ -1036,8 +1036,10 @@ ATTRIBUTES = SectionSpec(
             "maxWaitTime",
             None,
             parse_duration,
-            "Nuclio's longest broker wait for fetchMin bytes: librdkafka fetch.wait.max.ms.",
-            default_text="librdkafka's (500ms)",
+            "Nuclio's longest broker wait for fetchMin bytes: librdkafka fetch.wait.max.ms. "
+            "streamworker lowers librdkafka's 500ms to 100ms: a partition resumed after back-pressure "
+            "waits for the fetch in flight, which an idle partition keeps on the broker this long.",
+            default_text="100ms",
         ),
         FieldSpec(
             "caCert",

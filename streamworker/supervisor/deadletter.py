@@ -25,7 +25,7 @@ MAX_ERROR_MESSAGE_BYTES = 1000
 HEADER_PREFIX = "streamworker."
 
 # Consumer settings that mean nothing to (or are refused by) a producer.
-_CONSUMER_ONLY_PREFIXES = ("group.", "enable.auto.", "auto.", "session.", "heartbeat.", "fetch.")
+_CONSUMER_ONLY_PREFIXES = ("group.", "enable.auto.", "auto.", "session.", "heartbeat.", "fetch.", "queued.")
 _CONSUMER_ONLY_KEYS = {
     "max.poll.interval.ms",
     "partition.assignment.strategy",
