@@ -40,6 +40,7 @@ from common import say, unique
 from confluent_kafka import Consumer, TopicPartition
 
 from devtools.broker import LocalBroker, Record, create_topics, produce
+from streamworker.config.kafka_settings import FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, QUEUED_MIN_MESSAGES
 from streamworker.protocol import FrameReader, Msg, encode
 from streamworker.records import (
     R_HEADERS,
@@ -59,8 +60,12 @@ PARTITIONS = 4
 WORKERS = 2
 BATCH = 1000
 PIPE_BYTES = 1 << 20
-# streamworker's fetch settings (streamworker/config/kafka_settings.py), so stage 1 is its consume().
-CLIENT = {"fetch.queue.backoff.ms": 10, "queued.min.messages": 20_000, "fetch.wait.max.ms": 100}
+# streamworker's fetch settings, so stage 1 is its consume().
+CLIENT = {
+    "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+    "queued.min.messages": QUEUED_MIN_MESSAGES,
+    "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
+}
 
 READY = b"R"
 STAGES = ("consume", "+ runs", "+ frames", "+ pipes", "+ per-record call")
