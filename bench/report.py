@@ -268,8 +268,7 @@ def section(ctx: Context, info: list[tuple[str, str]], command: str) -> str:
         "offsets reach the end offsets from the delivery reports), so it includes the wait for the last "
         "commit. **handled/s** = first -> last handler call. **startup** = process start -> first handler "
         "call (spawn, imports, group join with the quick profile: session 2 s).",
-        "- **tuned raw** (the reference): `fetch.queue.backoff.ms=10`, `queued.min.messages=20000`, "
-        "`fetch.wait.max.ms=100`, `consume(1000)`, the workload inline, "
+        "- **tuned raw** (the reference): `fetch.queue.backoff.ms=10`, `consume(1000)`, the workload inline, "
         "offsets stored per batch and committed asynchronously every 100 ms, as streamworker tunes its own "
         "client. **untuned raw**: librdkafka defaults (`fetch.queue.backoff.ms` 1000), `consume(1000)`, one "
         "synchronous commit after the last record.",
