@@ -101,15 +101,17 @@ class DispatchSettings:
 
 
 def _byte_size(keys: list[Any], values: list[Any]) -> int:
-    """Key + value bytes of a run's records (joining is the cheapest way to sum lengths in CPython)."""
-    return _joined_length(values) + _joined_length(keys)
+    """Key + value bytes of a run's records."""
+    return _column_bytes(values) + _column_bytes(keys)
 
 
-def _joined_length(column: list[Any]) -> int:
+def _column_bytes(column: list[Any]) -> int:
+    # sum(map(len)) stays in C and copies nothing: 1.4-2x faster than len(b"".join()) on a run of
+    # 1,000 100-byte values (issue #16).
     try:
-        return len(b"".join(column))
+        return sum(map(len, column))
     except TypeError:  # a null key or value
-        return len(b"".join(filter(None, column)))
+        return sum(map(len, filter(None, column)))
 
 
 class Run:
@@ -214,7 +216,7 @@ class Run:
 
     def split(self, count: int) -> Run:
         """Keep the first ``count`` records; return the rest as a new run of the same lane."""
-        # Counted exactly (a join, cheap next to the copy into a frame), so the bytes a window
+        # Counted exactly (cheap next to the copy into a frame), so the bytes a window
         # holds are the bytes of its frames; sizes stay conserved for the buffer accounting.
         head_size = _byte_size(self.keys[:count], self.values[:count])
         rest = Run(
