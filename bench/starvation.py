@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=FULL.noop)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--modes", default="pool,static")
-    parser.add_argument("--window", type=int, default=1024, help="the dispatcher's window_events")
+    parser.add_argument(
+        "--window", type=int, default=4096, help="a full window, in records (the dispatcher's window_events)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (samples, logs)")
     args = parser.parse_args(argv)
     sizes = FULL.__class__(**{**FULL.__dict__, "noop": args.records})

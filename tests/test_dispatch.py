@@ -589,7 +589,7 @@ def test_run_progress_moves_the_commit_and_frees_window_before_the_run_ends() ->
 
 
 def test_a_failure_inside_a_run_splits_it_and_the_rest_follows_the_retry_in_order() -> None:
-    d = make(workers=1)
+    d = make(workers=1, window_seconds=60.0)  # the failed call's 0.1 s must not shrink the window
     d.assign([(T, 0)])
     d.add([run_of(0, 0, 5)])
     (batch,) = d.take_dispatches(0.0).values()
@@ -976,3 +976,52 @@ def test_an_ack_timeout_waits_while_its_lane_has_a_record_parked_for_the_dead_le
     ((again, _, _),) = d.take_dead_letters()
     assert d.dead_lettered(again) is True
     assert d.commit_positions() == {(T, 0): 2}
+
+
+# -- the window follows the handler's pace (window.py) ------------------------------------------
+
+
+def records_queued(d: Dispatcher, batches: dict[int, list[Any]]) -> dict[int, int]:
+    """Records per worker in one take_dispatches() answer (a run counts its records)."""
+    return {
+        wid: sum(len(w[R_OFFSETS]) if len(w) >= len(RUN_FIELDS) else 1 for w in items)
+        for wid, items in batches.items()
+    }
+
+
+def test_before_any_result_a_worker_gets_a_shallow_window() -> None:
+    """The handler may be slow: the first dispatch must not pile a thousand records on one worker."""
+    d = make(workers=2)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 5000)])
+    assert records_queued(d, d.take_dispatches(0.0)) == {0: 256}
+    assert d.take_dispatches(0.0) == {}, "partition 0 stays on worker 0 while it has records there"
+
+
+def test_a_slow_handler_gets_a_few_records_per_worker_not_a_thousand() -> None:
+    d = make(workers=2)
+    d.assign([(T, 0), (T, 1)])
+    d.add([run_of(0, 0, 1)])
+    (first,) = d.take_dispatches(0.0).values()
+    # One record took 1 s: 0.1 s of work per worker is less than one record, so one runs and one waits.
+    d.complete(0, [[first[0][R_SEQ], Status.OK, 0.0, None, None, summarize_durations([1.0])]], 1.0)
+    assert d.window.window == 2
+    d.add([run_of(0, 1, 500), run_of(1, 0, 500)])
+    assert records_queued(d, d.take_dispatches(1.0)) == {0: 2, 1: 2}
+    assert d.inflight_records() == 4 and d.buffered_total() == 1000, "the rest waits in the supervisor"
+
+
+def test_a_quick_handler_gets_the_whole_window() -> None:
+    d = make(workers=1)
+    d.assign([(T, 0)])
+    d.add([run_of(0, 0, 1000)])
+    (first,) = d.take_dispatches(0.0).values()
+    d.complete(
+        0, [[w[R_SEQ], Status.OK, 0.0, None, None, summarize_durations([2e-6] * 256)] for w in first], 0.0
+    )
+    assert d.window.window == 4096
+    d.add([run_of(0, 1000, 9000)])
+    queued = 0
+    while batches := d.take_dispatches(0.0):
+        queued += records_queued(d, batches)[0]
+    assert queued == 4096, "a deep window: the worker never waits for the supervisor between batches"

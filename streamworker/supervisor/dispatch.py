@@ -64,6 +64,7 @@ from streamworker.records import (
 from streamworker.supervisor.failure_policy import Action, Failure, FailurePolicy
 from streamworker.supervisor.offsets import PartitionOffsets
 from streamworker.supervisor.outputs import PendingOutputs
+from streamworker.supervisor.window import WindowSizer
 
 Record = list[Any]
 _OK, _DEFERRED, _NO_ACK = int(Status.OK), int(Status.DEFERRED), int(Status.NO_ACK)
@@ -82,15 +83,19 @@ RUN_IDS_LIMIT = 100_000
 class DispatchSettings:
     mode: AllocationMode
     num_workers: int
-    # The pipelining window: events queued per worker beyond the one it is running.
-    window_events: int = 1024
+    # The pipelining window: records queued per worker beyond the one it is running, at most. Within
+    # that, about ``window_seconds`` of work at the handler's recent pace (``window.py``): deep for
+    # quick handlers, a few records for slow ones.
+    window_events: int = 4096
     window_bytes: int = 8 * 1024 * 1024
+    window_seconds: float = 0.1
     # Most records one lane hands a worker per dispatch round, so one busy partition cannot fill
     # every window before the others get a turn.
     lane_batch: int = 64
     # The same for runs, in records: a run longer than this (or than the worker's free window) is
-    # split at dispatch.
-    run_batch: int = 512
+    # split at dispatch. A worker reports a long run's progress every 10 ms, which frees its window
+    # as it goes.
+    run_batch: int = 1024
     max_buffered_records: int = 30_000
     max_buffered_bytes: int = 64 * 1024 * 1024
     ack_mode: ExplicitAckMode = ExplicitAckMode.DISABLE
@@ -411,10 +416,10 @@ class WorkerQueue:
     # meanwhile, or a busy trigger would refill it every pass and the suspect would never run.
     reserved_by: int | None = None
 
-    def free(self, settings: DispatchSettings) -> int:
+    def free(self, settings: DispatchSettings, window: int) -> int:
         if not self.ready or self.exclusive or self.outstanding_bytes >= settings.window_bytes:
             return 0
-        return settings.window_events - self.outstanding_events
+        return window - self.outstanding_events
 
 
 class Dispatcher:
@@ -429,6 +434,7 @@ class Dispatcher:
         self._runnable: dict[int, Lane] = {}  # lanes with pending records, in arrival order
         self._inflight: dict[int, Item] = {}  # seq -> record or run queued on a worker
         self._workers = [WorkerQueue() for _ in range(settings.num_workers)]
+        self.window = WindowSizer(settings.window_events, settings.window_seconds)
         # (topic, partition, offset) of records that were queued on a worker that died while nobody
         # could tell which event it was running; each runs alone until it completes.
         self._suspects: set[tuple[str, int, int]] = set()
@@ -778,7 +784,8 @@ class Dispatcher:
             return out
         settings = self.settings
         workers = self._workers
-        free = [slot.free(settings) for slot in workers]
+        window = self.window.window
+        free = [slot.free(settings, window) for slot in workers]
         if self._suspects:
             self._check_reservations(free)
         elif any(slot.reserved_by is not None for slot in workers):
@@ -976,6 +983,9 @@ class Dispatcher:
     # -- completions ------------------------------------------------------------------------
     def complete(self, wid: int, results: Iterable[Result], now: float) -> list[Failure]:
         """Apply a worker's results (in the order it ran them). Returns the failed attempts."""
+        if type(results) is not list:
+            results = list(results)
+        self._observe_durations(results)
         slot = self._workers[wid]
         failures: list[Failure] = []
         touched: list[Lane] = []
@@ -1044,6 +1054,23 @@ class Dispatcher:
             slot.outstanding_events = 0
             slot.exclusive = False
         return failures
+
+    def _observe_durations(self, results: list[Result]) -> None:
+        """Feed the handler time of these results to the window sizer."""
+        count = 0
+        seconds = 0.0
+        for result in results:
+            if len(result) > RESULT_RUN_DURATIONS:
+                ran, total = result[RESULT_RUN_DURATIONS][0], result[RESULT_RUN_DURATIONS][1]
+                count += ran
+                seconds += total
+                if result[1] == _ERROR:  # the record that failed ran too
+                    count += 1
+                    seconds += result[2]
+            elif result[1] != _DEFERRED:
+                count += 1
+                seconds += result[2]
+        self.window.observe(count, seconds)
 
     def _complete_run(
         self,
