@@ -35,13 +35,13 @@ from collections.abc import Callable
 from typing import Any
 
 import common
-import workloads
 from common import say, unique
 from confluent_kafka import Consumer, TopicPartition
+from drain import produce_records
 
-from devtools.broker import LocalBroker, Record, create_topics, produce
+from devtools.broker import LocalBroker, create_topics
 from streamworker.config.kafka_settings import FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, QUEUED_MIN_MESSAGES
-from streamworker.protocol import FrameReader, Msg, encode
+from streamworker.protocol import FrameReader, Msg, encode, write_all_blocking
 from streamworker.records import (
     R_HEADERS,
     R_KEYS,
@@ -126,7 +126,7 @@ def run_stage(stage: int, bootstrap: str, topic: str, records: int) -> float:
             frame = encode([Msg.EVENTS, [part.wire() for part in runs if not isinstance(part, list)]])
             if stage == 3:
                 continue
-            _write_all(workers[turn % WORKERS][0], frame)
+            write_all_blocking(workers[turn % WORKERS][0], frame)
             turn += 1
         counted = seen
         if workers:
@@ -141,12 +141,6 @@ def run_stage(stage: int, bootstrap: str, topic: str, records: int) -> float:
     if counted < records:
         raise RuntimeError(f"stage {STAGES[stage - 1]!r} saw {counted:,} of {records:,} records")
     return records / elapsed
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _read_all(fd: int) -> bytes:
@@ -224,17 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         topic = unique("floor")
         create_topics(broker.bootstrap, {topic: PARTITIONS})
         say(f"filling {topic}: {args.records:,} records")
-        produce(
-            broker.bootstrap,
-            topic,
-            (
-                Record(value=workloads.value_of(i, 100), key=workloads.key_of(i, 1000))
-                for i in range(args.records)
-            ),
-            timeout=max(60.0, args.records / 20_000),
-            linger_ms=50,
-            config={"queue.buffering.max.messages": 2_000_000, "batch.num.messages": 10_000},
-        )
+        produce_records(broker.bootstrap, topic, args.records)
         for run in range(1, args.runs + 1):
             for number, stage in enumerate(STAGES, start=1):
                 rate = run_stage(number, broker.bootstrap, topic, args.records)
