@@ -38,6 +38,17 @@ from test_lifecycle import (
 from devtools.broker import Record, committed_offsets, create_topics, produce
 
 
+def blocking_in_a(
+    function_dir: Callable[..., Path], tmp_path: Path, **config: Any
+) -> tuple[Path, Path, Path]:
+    """The ledger handler, whose records marked ``hang`` block in instance A (first sight only)
+    until the release file exists. Returns (function.yaml, ledger, release file)."""
+    ledger = tmp_path / "ledger.jsonl"
+    release = tmp_path / "release"
+    env = {"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"}
+    return function_dir(HANDLER, function_config(env=env, **config)), ledger, release
+
+
 def test_a_handler_killed_at_the_rebalance_deadline_is_run_again_not_skipped(
     broker_bootstrap: str,
     unique: Callable[[str], str],
@@ -49,22 +60,17 @@ def test_a_handler_killed_at_the_rebalance_deadline_is_run_again_not_skipped(
 ) -> None:
     topic, group = unique("orders"), unique("group")
     create_topics(broker_bootstrap, {topic: 4})
-    ledger = tmp_path / "ledger.jsonl"
-    release = tmp_path / "release"
-    config = function_dir(
-        HANDLER,
-        function_config(
-            brokers=broker_bootstrap,
-            topic=topic,
-            group=group,
-            profile=quick_profile,
-            # The first record of every partition blocks in instance A (first sight only).
-            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
-            workers=2,
-            # Eager: the join revokes all of A's partitions, so both of A's running calls overstay.
-            strategy="range",
-            attributes={"maxWaitHandlerDuringRebalance": "1s", "maxRetries": 0, "onError": "skip"},
-        ),
+    # The first record of every partition blocks in instance A.
+    config, ledger, release = blocking_in_a(
+        function_dir,
+        tmp_path,
+        brokers=broker_bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        # Eager: the join revokes all of A's partitions, so both of A's running calls overstay.
+        strategy="range",
+        attributes={"maxWaitHandlerDuringRebalance": "1s", "maxRetries": 0, "onError": "skip"},
     )
     records = [Record(value=body(f"p{p}-{i}", hang=i == 0), partition=p) for p in range(4) for i in range(3)]
     end = produce(broker_bootstrap, topic, records)
@@ -197,22 +203,17 @@ def test_a_partition_paused_by_backpressure_fetches_again_when_it_comes_back(
 ) -> None:
     topic, group = unique("paused"), unique("group")
     create_topics(broker_bootstrap, {topic: 2})
-    ledger = tmp_path / "ledger.jsonl"
-    release = tmp_path / "release"
-    config = function_dir(
-        HANDLER,
-        function_config(
-            brokers=broker_bootstrap,
-            topic=topic,
-            group=group,
-            profile=quick_profile,
-            # The first record of each partition blocks in A: its buffer fills and the partition pauses.
-            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
-            workers=2,
-            mode="static",
-            strategy="cooperative-sticky",
-            attributes={"maxWaitHandlerDuringRebalance": "1s", "maxBufferedRecords": 20},
-        ),
+    # The first record of each partition blocks in A: its buffer fills and the partition pauses.
+    config, ledger, release = blocking_in_a(
+        function_dir,
+        tmp_path,
+        brokers=broker_bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        mode="static",
+        strategy="cooperative-sticky",
+        attributes={"maxWaitHandlerDuringRebalance": "1s", "maxBufferedRecords": 20},
     )
     records = [
         Record(value=body(f"a-{p}-{i:03d}", hang=i == 0), partition=p) for p in (0, 1) for i in range(60)
@@ -273,21 +274,16 @@ def test_only_workers_running_a_revoked_record_are_killed_at_the_deadline(
     # once, even while the sync call blocks the worker's loop.
     topic, group = unique("orders"), unique("group")
     create_topics(broker_bootstrap, {topic: 4})
-    ledger = tmp_path / "ledger.jsonl"
-    release = tmp_path / "release"
-    config = function_dir(
-        HANDLER,
-        function_config(
-            brokers=broker_bootstrap,
-            topic=topic,
-            group=group,
-            profile=quick_profile,
-            env={"LEDGER": str(ledger), "HANG_S": "60", "RELEASE_FILE": str(release), "HANG_INSTANCES": "A"},
-            workers=2,
-            mode="static",
-            strategy="cooperative-sticky",
-            attributes={"maxWaitHandlerDuringRebalance": "2s"},
-        ),
+    config, ledger, release = blocking_in_a(
+        function_dir,
+        tmp_path,
+        brokers=broker_bootstrap,
+        topic=topic,
+        group=group,
+        profile=quick_profile,
+        mode="static",
+        strategy="cooperative-sticky",
+        attributes={"maxWaitHandlerDuringRebalance": "2s"},
     )
     blocked = {2, 3}
     first = [
