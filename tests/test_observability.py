@@ -379,10 +379,31 @@ def _threads_of_this_process() -> int:
     return threading.active_count()
 
 
-def test_idle_connections_are_capped_and_time_out_while_live_answers_at_once() -> None:
+def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_dropped() -> None:
+    # A full listen backlog makes the kernel drop new SYNs; the client retries only after 1 s, the
+    # default timeout of a Kubernetes probe. Nothing accepts here (the server is not started), so
+    # every connection of the burst must fit in the backlog: on a drop, connect() runs into its timeout.
+    server = HealthServer(HealthAddress("127.0.0.1", 0), MetricsObserver("fn", ["t"]), live_timeout=30.0)
+    waiting: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            waiting.append(socket.create_connection(("127.0.0.1", server.address.port), timeout=5))
+        assert len(waiting) == 300
+    finally:
+        for sock in waiting:
+            sock.close()
+        server.stop()
+
+
+def test_idle_connections_are_capped_while_live_answers_before_any_of_them_times_out() -> None:
     observer = MetricsObserver("fn", ["t"])
+    idle_timeout = 60.0
     server = HealthServer(
-        HealthAddress("127.0.0.1", 0), observer, live_timeout=30.0, idle_timeout=1.0, max_connections=8
+        HealthAddress("127.0.0.1", 0),
+        observer,
+        live_timeout=30.0,
+        idle_timeout=idle_timeout,
+        max_connections=8,
     )
     server.start()
     before = _threads_of_this_process()
@@ -393,14 +414,35 @@ def test_idle_connections_are_capped_and_time_out_while_live_answers_at_once() -
         started = time.monotonic()
         status, _, _ = get(server, "/live")
         assert status == 200
-        assert time.monotonic() - started < 1.0
+        # Not queued behind the idle crowd until it times out: eviction made room for the probe.
+        assert time.monotonic() - started < idle_timeout / 4
         # One thread per open connection at most, and at most max_connections of them.
         assert _threads_of_this_process() <= before + 2 * 8  # (evicted ones may still be ending)
-        # Idle connections are cut after idle_timeout: the threads go away.
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_idle_connections_time_out_and_their_threads_end() -> None:
+    server = HealthServer(
+        HealthAddress("127.0.0.1", 0), MetricsObserver("fn", ["t"]), live_timeout=30.0, idle_timeout=2.0
+    )
+    server.start()
+    before = _threads_of_this_process()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            idle.append(socket.create_connection(("127.0.0.1", server.address.port), timeout=5))
         deadline = time.monotonic() + 10
+        while _threads_of_this_process() < before + 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a poll interval while the server takes the connections
+        assert _threads_of_this_process() == before + 4
+        # Nobody sends a request: after idle_timeout the server hangs up and the threads go away.
         while _threads_of_this_process() > before and time.monotonic() < deadline:
             time.sleep(0.05)  # a poll interval while waiting for the threads to end
         assert _threads_of_this_process() == before
+        assert all(sock.recv(1) == b"" for sock in idle)  # closed by the server, not by us
     finally:
         for sock in idle:
             sock.close()

@@ -163,9 +163,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hanging client must not keep the process alive at exit
     app: HealthServer
     max_connections = MAX_CONNECTIONS
-    # The listen backlog: the default 5 drops connections arriving in a burst (the client retries
-    # a second later), which would delay a probe behind a crowd of idle clients.
-    request_queue_size = 128
+    # The listen backlog. A full one makes the kernel drop new connections and the client retries a
+    # second later, as long as a Kubernetes probe's default timeout: a probe arriving behind a burst of
+    # clients (the default 5, or 128, fills up before the accept loop catches up) would fail. Linux
+    # caps it at net.core.somaxconn (4096 since 5.4).
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
