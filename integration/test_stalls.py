@@ -235,7 +235,9 @@ def test_idle_connections_to_the_health_port_neither_pile_up_threads_nor_slow_th
         status, body = http_get(port, "/live")
         took = time.monotonic() - started
         assert status == 200, body
-        assert took < 1.0, f"/live took {took:.3f}s behind 300 idle connections"
+        # Answered, not queued until the idle crowd times out (IDLE_TIMEOUT_S); the bound leaves a
+        # loaded CI machine room and stays under deploy/kubernetes' probe timeoutSeconds (3).
+        assert took < IDLE_TIMEOUT_S / 2, f"/live took {took:.3f}s behind 300 idle connections"
         peak = process_threads(proc.pid)
         assert peak <= baseline + 2 * MAX_CONNECTIONS, (baseline, peak)
         # Idle connections time out: the threads they held go away while the sockets stay open here.

@@ -898,10 +898,9 @@ def test_the_supervisor_sees_a_worker_exit_while_a_forked_child_holds_its_pipe(t
         _frames_until(process, Msg.RESULTS)
         background = [json.loads(line)["background"] for line in out.read_text().splitlines()]
         process.kill()
-        started = time.monotonic()
-        readable, _, _ = select.select([process.exit_fd], [], [], 1.0)
-        assert readable == [process.exit_fd], "worker exit not seen within 1 s"
-        assert time.monotonic() - started < 1.0
+        # The pipe never reaches EOF (the fork holds it): only the pidfd can tell.
+        readable, _, _ = select.select([process.exit_fd], [], [], 10.0)
+        assert readable == [process.exit_fd], "worker exit not seen through its pidfd"
         assert process.exited()
         _, eof = process.receive()
         assert not eof, "the forked child should still hold the pipe (else this test proves nothing)"
