@@ -54,10 +54,8 @@ more than the whole pipe transfer.
 from __future__ import annotations
 
 import bisect
-import collections
 import enum
 import errno
-import functools
 import os
 import struct
 from collections import deque
@@ -134,14 +132,29 @@ DURATION_BUCKETS: tuple[float, ...] = (
     30.0,
     60.0,
 )
-_bucket_of = functools.partial(bisect.bisect_left, DURATION_BUCKETS)  # equal to a bound: "le" it
+_FIRST_BOUND = DURATION_BUCKETS[0]
 
 
 def summarize_durations(durations: list[float]) -> list[Any]:
-    """``[count, total seconds, counts per bucket (the last is +Inf)]`` of ``durations``."""
+    """``[count, total seconds, counts per bucket (the last is +Inf)]`` of ``durations``.
+
+    A duration equal to a bound counts in that bound's bucket (Prometheus' "le"). Workers call this
+    for every run: a no-op handler's 1,000 durations all fall in the first bucket, found by one
+    ``max`` in C; otherwise one sort and a bisection per bound. (Bucketing each duration through a
+    Counter cost ~0.15 us per record, ~5 % of a worker's time at no-op speed: issue #16.)
+    """
     counts = [0] * (len(DURATION_BUCKETS) + 1)
-    for bucket, count in collections.Counter(map(_bucket_of, durations)).items():
-        counts[bucket] = count
+    if durations:
+        if max(durations) <= _FIRST_BOUND:
+            counts[0] = len(durations)
+        else:
+            ordered = sorted(durations)
+            below = 0
+            for bucket, bound in enumerate(DURATION_BUCKETS):
+                upto = bisect.bisect_right(ordered, bound, below)
+                counts[bucket] = upto - below
+                below = upto
+            counts[-1] = len(ordered) - below
     return [len(durations), sum(durations), counts]
 
 
@@ -260,10 +273,12 @@ class FrameWriter:
         return not self._chunks
 
 
-def read_available(fd: int, reader: FrameReader, chunk_size: int = 1 << 20) -> tuple[list[list[Any]], bool]:
+def read_available(fd: int, reader: FrameReader, chunk_size: int = 64 * 1024) -> tuple[list[list[Any]], bool]:
     """Read what a non-blocking ``fd`` has now and decode whole frames.
 
     Returns the decoded messages and whether end of file was reached (the peer closed or died).
+    ``chunk_size``: os.read allocates this much per call whatever arrived; at 1 MiB that is an mmap
+    and two page faults, ~20 us for a 200-byte results frame against ~1.4 us at 64 KiB (issue #16).
     """
     messages: list[list[Any]] = []
     while True:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import socket
 import threading
 import time
@@ -345,6 +347,32 @@ def test_run_summaries_from_workers_land_in_the_same_histogram() -> None:
     assert value(found, "streamworker_handler_duration_seconds_sum", trigger="t") == pytest.approx(
         total + 0.0002
     )
+
+
+def _bucket_counts_one_by_one(durations: list[float]) -> list[int]:
+    # The definition: each duration in the first bucket whose bound is >= it, else +Inf.
+    counts = [0] * (len(DURATION_BUCKETS) + 1)
+    for duration in durations:
+        counts[next((i for i, bound in enumerate(DURATION_BUCKETS) if duration <= bound), -1)] += 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    "durations",
+    [
+        [],
+        [2e-6] * 1000,  # a no-op handler's run: everything in the first bucket
+        [DURATION_BUCKETS[0]] * 3,  # on the first bound
+        [*DURATION_BUCKETS, 61.0, 0.0],  # on every bound, past the last
+        [random.Random(seed).lognormvariate(-6, 3) for seed in range(2000)],  # spread over all
+        [5.0, 1e-6, 0.003, 0.001, 0.0010001, 120.0],  # unordered
+    ],
+)
+def test_a_runs_durations_are_counted_into_the_buckets_they_belong_to(durations: list[float]) -> None:
+    count, total, counts = summarize_durations(durations)
+    assert count == len(durations)
+    assert total == pytest.approx(math.fsum(durations))
+    assert counts == _bucket_counts_one_by_one(durations)
 
 
 def test_metrics_speak_openmetrics_to_scrapers_that_ask(

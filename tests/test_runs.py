@@ -62,3 +62,11 @@ def test_same_partition_number_of_two_topics_and_errors_take_the_per_record_path
     assert isinstance(parts[0], list) and [m.topic() for m in parts[0]] == ["a", "b"]
     assert isinstance(parts[1], list) and len(parts[1]) == 2, "a stretch with an error is not a run"
     assert isinstance(parts[2], Run) and (parts[2].topic, parts[2].offsets) == ("a", [9])
+
+
+def test_a_batch_of_one_partition_is_one_run_and_an_empty_batch_none() -> None:
+    messages = [message("orders", 3, offset) for offset in range(100, 130)]
+    parts = split_into_runs(messages, "orders")
+    assert len(parts) == 1 and isinstance(parts[0], Run)
+    assert (parts[0].partition, parts[0].offsets) == (3, list(range(100, 130)))
+    assert split_into_runs([], "orders") == []

@@ -33,6 +33,7 @@ Vocabulary
 
 from __future__ import annotations
 
+import operator
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -268,6 +269,11 @@ class Run:
 # What a lane queues and a worker is sent: a Record or a Run, told apart by ``type(item) is Run``.
 # (Any rather than a Union: the hot paths narrow by that check, which mypy does not follow for lists.)
 Item = Any
+
+
+# A key's entry in ``PartitionState.run_ids``: (lane id, target worker).
+_lane_of_entry = operator.itemgetter(0)
+_target_of_entry = operator.itemgetter(1)
 
 
 def _lane_id(item: Item) -> int:
@@ -754,10 +760,11 @@ class Dispatcher:
                         entry = ids[key] = (self._next_lane, zlib.crc32(key or b"") % workers)
                         self._next_lane += 1
                     entries[index] = entry
-        run.lanes = [entry[0] for entry in entries]
+        # itemgetter maps, not comprehensions: ~20 % less per record here (issue #16).
+        run.lanes = list(map(_lane_of_entry, entries))
         carriers = state.carriers
         if len(carriers) > 1:
-            targets = [entry[1] for entry in entries]
+            targets = list(map(_target_of_entry, entries))
             first = targets[0]
             if targets.count(first) != len(targets):
                 for wid, carrier in enumerate(carriers):

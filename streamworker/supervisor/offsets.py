@@ -9,6 +9,7 @@ arrive in. Offsets may have gaps (compaction, transaction markers); only fetched
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat, starmap
 
 
 class PartitionOffsets:
@@ -43,11 +44,23 @@ class PartitionOffsets:
         """``done`` for each of ``offsets``, in one go (the records of a run)."""
         outstanding = self._outstanding
         done = self._done
-        for offset in offsets:
-            if outstanding and outstanding[0] == offset:
-                outstanding.popleft()
-            else:
-                done.add(offset)
+        count = len(offsets)
+        if (
+            count
+            and len(outstanding) >= count
+            and outstanding[0] == offsets[0]
+            and outstanding[count - 1] == offsets[-1]
+        ):
+            # The common case: the run is the head of what is outstanding (both increase and the
+            # run's offsets are all outstanding, so equal ends mean the same ``count`` offsets).
+            # Popped in C: ~35 ns per record instead of ~80 in this loop (issue #16).
+            deque(starmap(outstanding.popleft, repeat((), count)), maxlen=0)
+        else:
+            for offset in offsets:
+                if outstanding and outstanding[0] == offset:
+                    outstanding.popleft()
+                else:
+                    done.add(offset)
         while done and outstanding and outstanding[0] in done:
             done.discard(outstanding.popleft())
 

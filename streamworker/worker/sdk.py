@@ -382,6 +382,10 @@ class Platform:
         """For the worker: the record that produce() calls belong to from now on (None: none)."""
         self._current_event.set(event)
 
+    def current_event_setter(self) -> Callable[[Any], object]:
+        """For the worker's per-record loop: ``set_current_event`` without a Python call around it."""
+        return self._current_event.set
+
 
 def _check_callback(callback: Callable[[], Any] | None) -> Callable[[], Any] | None:
     if callback is not None and not callable(callback):
