@@ -751,7 +751,7 @@ class Dispatcher:
         if len(ids) > RUN_IDS_LIMIT and not any(c.pending or c.inflight for c in state.carriers):
             ids.clear()  # no run of this partition is queued anywhere: no id in use
         entries: list[Any] = list(map(ids.get, run.keys))
-        if None in entries:
+        if not all(entries):  # a key seen for the first time (an entry is a non-empty tuple)
             workers = self.settings.num_workers
             for index, key in enumerate(run.keys):
                 if entries[index] is None:
