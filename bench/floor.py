@@ -11,7 +11,8 @@ handler? This script builds that pipeline from streamworker's own parts, minus e
 2. ``+ runs``: each batch cut into runs by ``supervisor.intake.split_into_runs`` (the real intake).
 3. ``+ frames``: each batch's runs encoded as one EVENTS frame (``protocol.encode``, ``Run.wire``).
 4. ``+ pipes``: the frames written round robin to 2 worker processes (blocking pipes, 1 MiB each),
-   which decode them (``protocol.FrameReader``) and count records.
+   which read them as a worker does (``READ_CHUNK``), decode them (``protocol.FrameReader``) and
+   count records.
 5. ``+ per-record call``: the workers also build each record's event (``records.new_event``) and
    call a no-op handler with it: the least a worker must do per record.
 
@@ -53,6 +54,7 @@ from streamworker.records import (
     new_event,
 )
 from streamworker.supervisor.intake import split_into_runs
+from streamworker.worker.process import READ_CHUNK
 
 SECTION_BEGIN = "<!-- floor:begin (written by bench/floor.py; edits inside are overwritten) -->"
 SECTION_END = "<!-- floor:end -->"
@@ -159,7 +161,7 @@ def worker(read_fd: int, done_fd: int, per_record: bool) -> None:
     handler: Callable[..., None] = _noop
     context = object()
     count = 0
-    while data := os.read(read_fd, PIPE_BYTES):
+    while data := os.read(read_fd, READ_CHUNK):  # as the worker reads its pipe
         for message in reader.feed(data):
             for run in message[1]:
                 offsets = run[R_OFFSETS]
