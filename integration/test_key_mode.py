@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from itertools import pairwise
@@ -28,6 +27,7 @@ from typing import Any
 from ledger_source import LEDGER_WRITE
 
 from devtools.broker import Record, committed_offsets, create_topics, produce
+from streamworker.supervisor.dispatch import key_worker
 
 HANDLER = (
     """
@@ -187,10 +187,10 @@ def test_same_key_same_worker_in_order_and_keys_in_parallel(
         by_key[call["key"]].append(call)
     assert len(by_key) == keys + 1
     for key, key_calls in by_key.items():
-        # One worker per key (the one crc32(key) picks; null keys share the b"" lane), ...
+        # One worker per key (the one key_worker picks; null keys share the b"" lane), ...
         assert {c["pid"] for c in key_calls} == {pids[c["worker_id"]] for c in key_calls}
         assert len({c["pid"] for c in key_calls}) == 1, f"key {key!r} ran on several workers"
-        expected_worker = zlib.crc32((key or "").encode()) % workers
+        expected_worker = key_worker((key or "").encode(), workers)
         assert key_calls[0]["worker_id"] == expected_worker, (key, key_calls[0]["worker_id"], expected_worker)
         # ... one call at a time, in offset order.
         offsets = [c["offset"] for c in key_calls]

@@ -5,6 +5,7 @@ a failure. Order per key and the retry/hold rules are those of per-record key mo
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from streamworker.records import (
     R_SEQ,
     RUN_FIELDS,
 )
-from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run
+from streamworker.supervisor.dispatch import Dispatcher, DispatchSettings, Record, Run, key_worker
 from streamworker.supervisor.failure_policy import FailurePolicy
 
 T = "orders"
@@ -52,7 +53,7 @@ def key_run(keys: list[bytes | None], first: int = 0) -> Run:
 
 
 def worker_of(key: bytes | None, workers: int) -> int:
-    return zlib.crc32(key or b"") % workers
+    return key_worker(key, workers)
 
 
 def result(wire: list[Any], ok: int, exceptions: list[list[Any]], status: Status = OK) -> list[Any]:
@@ -242,3 +243,46 @@ def collect_key_runs(
             if entry[1] != PROGRESS:
                 finals.append((seq, entry[1], done[seq], odd[seq]))
     return finals
+
+
+def _librdkafka_partition(key: bytes, partitions: int) -> int:
+    # librdkafka's default partitioner (consistent_random, as in confluent-kafka-python, -go and
+    # -dotnet): crc32 of the key modulo the partition count.
+    return zlib.crc32(key) % partitions
+
+
+@pytest.mark.parametrize("path", ["runs", "records"])
+def test_the_keys_of_one_partition_reach_every_worker(path: str) -> None:
+    # A replica that owns partition 3 of 8 of a topic written by a librdkafka producer, 4 workers:
+    # all its keys have crc32 = 3 mod 8, so crc32 mod 4 sent every one of them to worker 3 and
+    # the other three workers idled.
+    workers = 4
+    keys = [b"user-%d" % i for i in range(20_000) if _librdkafka_partition(b"user-%d" % i, 8) == 3][:200]
+    policy = FailurePolicy(max_retries=1, on_error=OnError.STOP, delay=lambda n: 0.5 * n)
+    d = Dispatcher(DispatchSettings(mode=AllocationMode.KEY, num_workers=workers, lane_batch=10_000), policy)
+    for w in range(workers):
+        d.worker_ready(w)
+    d.assign([(T, 3)])
+    count = len(keys)
+    run = Run(T, 3, list(range(count)), list(keys), [b"v"] * count, [None] * count, [-1] * count)
+    if path == "runs":
+        assert d.add([run]) == count
+    else:
+        assert d.add(run.records()) == count  # the per-record path (explicit acks)
+    per_worker = {w: 0 for w in range(workers)}
+    for wid, items in d.take_dispatches(0.0).items():
+        for item in items:
+            per_worker[wid] += len(item[R_OFFSETS]) if item[R_KIND] == KIND_RUN else 1
+    assert sum(per_worker.values()) == count
+    assert min(per_worker.values()) >= count // workers // 2, per_worker
+
+
+@pytest.mark.parametrize(("partitions", "workers"), [(1, 4), (2, 2), (4, 2), (8, 4), (12, 3), (6, 8)])
+def test_key_worker_spreads_each_partitions_keys_evenly(partitions: int, workers: int) -> None:
+    keys = [b"order-%d" % i for i in range(40_000)]
+    for partition in range(partitions):
+        mine = [key for key in keys if _librdkafka_partition(key, partitions) == partition]
+        counts = Counter(key_worker(key, workers) for key in mine)
+        expected = len(mine) / workers
+        assert sorted(counts) == list(range(workers)), (partition, counts)
+        assert all(abs(n - expected) < 0.1 * expected for n in counts.values()), (partition, counts)

@@ -20,7 +20,7 @@ Vocabulary
   progress within a run). A lane's queue may hold both kinds. A record leaves its run as soon as it
   needs anything of its own (a failure, a retry, a crash, a cancel): it is turned into a wire record
   and takes the per-record path from there.
-- Key mode runs: a run is split by target worker (``crc32(key) mod numWorkers``) into one run per
+- Key mode runs: a run is split by target worker (``key_worker``: a mixed crc32) into one run per
   worker, queued on that worker's *carrier* lane of the partition (a lane of runs only, bound to the
   worker), and carries each record's key lane id in a column. A key with a lane of its own (records
   failed, deferred, waiting for a retry or returned by a crash) is *busy*: its records leave the
@@ -269,6 +269,19 @@ class Run:
 # What a lane queues and a worker is sent: a Record or a Run, told apart by ``type(item) is Run``.
 # (Any rather than a Union: the hot paths narrow by that check, which mypy does not follow for lists.)
 Item = Any
+
+
+def key_worker(key: bytes | None, workers: int) -> int:
+    """The worker of ``key`` in key mode: the same in every process and run (so not ``hash()``).
+
+    Not ``crc32(key) mod workers``: librdkafka's default partitioner (confluent-kafka in Python, Go,
+    .NET) puts a key in partition ``crc32(key) mod partitions``, so whenever the worker and partition
+    counts share a factor, a partition's keys would all reach the same few workers (a replica owning
+    partition 3 of 8 with 4 workers: all on worker 3, three idle). The high bits of a multiplicative
+    (Fibonacci) mix of the crc depend on all of its bits, so they are independent of that residue.
+    """
+    mixed = (zlib.crc32(key or b"") * 0x9E3779B1) & 0xFFFFFFFF
+    return (mixed >> 16) % workers
 
 
 # A key's entry in ``PartitionState.run_ids``: (lane id, target worker).
@@ -602,8 +615,7 @@ class Dispatcher:
         the worker may hold). A new lane takes the key's records out of undispatched runs."""
         lane = state.key_lanes.get(key)
         if lane is None:
-            # crc32, not hash(): the same key must map to the same worker in every process and run.
-            worker = zlib.crc32(key or b"") % self.settings.num_workers
+            worker = key_worker(key, self.settings.num_workers)
             if lane_id is None:
                 lane_id = self._next_lane
                 self._next_lane += 1
@@ -757,7 +769,7 @@ class Dispatcher:
                 if entries[index] is None:
                     entry = ids.get(key)
                     if entry is None:
-                        entry = ids[key] = (self._next_lane, zlib.crc32(key or b"") % workers)
+                        entry = ids[key] = (self._next_lane, key_worker(key, workers))
                         self._next_lane += 1
                     entries[index] = entry
         # itemgetter maps, not comprehensions: ~20 % less per record here (issue #16).
