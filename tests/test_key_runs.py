@@ -286,3 +286,41 @@ def test_key_worker_spreads_each_partitions_keys_evenly(partitions: int, workers
         expected = len(mine) / workers
         assert sorted(counts) == list(range(workers)), (partition, counts)
         assert all(abs(n - expected) < 0.1 * expected for n in counts.values()), (partition, counts)
+
+
+def test_a_key_run_split_keeps_every_column_and_byte_of_each_record() -> None:
+    d = make(workers=2)
+    # One key alone on its worker (a part of one record), the others together.
+    lone = next(b"solo-%d" % i for i in range(100) if worker_of(b"solo-%d" % i, 2) == 1)
+    others = [b"many-%d" % i for i in range(100) if worker_of(b"many-%d" % i, 2) == 0][:5]
+    keys = [*others[:2], lone, *others[2:]]
+    count = len(keys)
+    run = Run(
+        T,
+        0,
+        list(range(100, 100 + count)),
+        keys,
+        [b"x" * (i + 1) for i in range(count)],
+        [[("h", b"%d" % i)] for i in range(count)],
+        list(range(1000, 1000 + count)),
+    )
+    total = run.size
+    assert d.add([run]) == count
+    batches = d.take_dispatches(0.0)
+    sizes = 0
+    for wid, (wire,) in batches.items():
+        part = d._inflight[wire[R_SEQ]]
+        assert isinstance(part, Run)
+        for i, offset in enumerate(part.offsets):
+            at = offset - 100
+            assert (part.keys[i], part.values[i], part.headers[i], part.timestamps[i]) == (
+                keys[at],
+                b"x" * (at + 1),
+                [("h", b"%d" % at)],
+                1000 + at,
+            )
+            assert worker_of(part.keys[i], 2) == wid
+        assert part.size == sum(len(k) + len(v) for k, v in zip(part.keys, part.values, strict=True))
+        sizes += part.size
+    assert sorted(len(items[0][R_OFFSETS]) for items in batches.values()) == [1, count - 1]
+    assert sizes == total

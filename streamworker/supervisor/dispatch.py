@@ -192,19 +192,35 @@ class Run:
             wire.append(self.lanes)
         return wire
 
-    def subset(self, mask: list[bool]) -> Run:
-        """A new run of the records where ``mask`` is true (same partition, lane ids kept)."""
+    def gather(self, indices: list[int], size: int | None = None) -> Run:
+        """A new run of the records at ``indices`` (increasing; same partition, lane ids kept).
+        ``size``: their byte size, when the caller knows it."""
+        # One itemgetter for all columns: ~2x faster than a compress() per column with a mask
+        # (issue #16). With one index it returns the item, not a tuple.
+        if len(indices) == 1:
+            only = indices[0]
+
+            def pick(column: list[Any]) -> list[Any]:
+                return [column[only]]
+        else:
+            getter = operator.itemgetter(*indices)
+
+            def pick(column: list[Any]) -> list[Any]:
+                return list(getter(column))
+
+        keys, values = pick(self.keys), pick(self.values)
         run = Run(
             self.topic,
             self.partition,
-            list(compress(self.offsets, mask)),
-            list(compress(self.keys, mask)),
-            list(compress(self.values, mask)),
-            list(compress(self.headers, mask)),
-            list(compress(self.timestamps, mask)),
+            pick(self.offsets),
+            keys,
+            values,
+            pick(self.headers),
+            pick(self.timestamps),
+            _byte_size(keys, values) if size is None else size,
         )
         if self.lanes is not None:
-            run.lanes = list(compress(self.lanes, mask))
+            run.lanes = pick(self.lanes)
         return run
 
     def remove(self, mask: list[bool]) -> None:
@@ -286,7 +302,6 @@ def key_worker(key: bytes | None, workers: int) -> int:
 
 # A key's entry in ``PartitionState.run_ids``: (lane id, target worker).
 _lane_of_entry = operator.itemgetter(0)
-_target_of_entry = operator.itemgetter(1)
 
 
 def _lane_id(item: Item) -> int:
@@ -772,22 +787,26 @@ class Dispatcher:
                         entry = ids[key] = (self._next_lane, key_worker(key, workers))
                         self._next_lane += 1
                     entries[index] = entry
-        # itemgetter maps, not comprehensions: ~20 % less per record here (issue #16).
+        # An itemgetter map, not a comprehension: ~20 % less per record here (issue #16).
         run.lanes = list(map(_lane_of_entry, entries))
         carriers = state.carriers
-        if len(carriers) > 1:
-            targets = list(map(_target_of_entry, entries))
-            first = targets[0]
-            if targets.count(first) != len(targets):
-                for wid, carrier in enumerate(carriers):
-                    mask = [target == wid for target in targets]
-                    if any(mask):
-                        self._queue_run(carrier, run.subset(mask))
-                return
-            carrier = carriers[first]
-        else:
-            carrier = carriers[0]
-        self._queue_run(carrier, run)
+        if len(carriers) == 1:
+            self._queue_run(carriers[0], run)
+            return
+        indices: list[list[int]] = [[] for _ in carriers]
+        for index, entry in enumerate(entries):
+            indices[entry[1]].append(index)
+        parts = [(carrier, mine) for carrier, mine in zip(carriers, indices, strict=True) if mine]
+        if len(parts) == 1:
+            self._queue_run(parts[0][0], run)
+            return
+        left = run.size
+        for carrier, mine in parts[:-1]:
+            part = run.gather(mine)
+            left -= part.size
+            self._queue_run(carrier, part)
+        carrier, mine = parts[-1]
+        self._queue_run(carrier, run.gather(mine, left))  # bytes conserved, not counted again
 
     def _queue_run(self, lane: Lane, run: Run) -> None:
         run.lane = lane.id
