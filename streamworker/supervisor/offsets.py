@@ -9,7 +9,7 @@ arrive in. Offsets may have gaps (compaction, transaction markers); only fetched
 from __future__ import annotations
 
 from collections import deque
-from itertools import repeat, starmap
+from itertools import repeat, starmap, takewhile
 
 
 class PartitionOffsets:
@@ -51,18 +51,18 @@ class PartitionOffsets:
             and outstanding[0] == offsets[0]
             and outstanding[count - 1] == offsets[-1]
         ):
-            # The common case: the run is the head of what is outstanding (both increase and the
-            # run's offsets are all outstanding, so equal ends mean the same ``count`` offsets).
-            # Popped in C: ~35 ns per record instead of ~80 in this loop (issue #16).
-            deque(starmap(outstanding.popleft, repeat((), count)), maxlen=0)
+            # Pool and static runs: the run is the head of what is outstanding (both increase and
+            # the run's offsets are all outstanding, so equal ends mean the same ``count`` offsets).
+            _pop_left(outstanding, count)
         else:
-            for offset in offsets:
-                if outstanding and outstanding[0] == offset:
-                    outstanding.popleft()
-                else:
-                    done.add(offset)
-        while done and outstanding and outstanding[0] in done:
-            done.discard(outstanding.popleft())
+            # Key mode's runs interleave (a partition's stretch split by worker): mark them done,
+            # then drop the done prefix of the queue, all in C: ~130 ns per record against ~240 in
+            # a loop over the offsets (issue #16).
+            done.update(offsets)
+        if done and outstanding and outstanding[0] in done:
+            prefix = list(takewhile(done.__contains__, outstanding))
+            _pop_left(outstanding, len(prefix))
+            done.difference_update(prefix)
 
     def done(self, offset: int) -> None:
         """The record at ``offset`` is finished (handled, dead-lettered or deliberately skipped)."""
@@ -92,3 +92,8 @@ class PartitionOffsets:
     def outstanding(self) -> int:
         """How many fetched records are not done yet."""
         return len(self._outstanding)
+
+
+def _pop_left(queue: deque[int], count: int) -> None:
+    """Drop the first ``count`` items of ``queue`` in C (~35 ns each against ~80 in a loop)."""
+    deque(starmap(queue.popleft, repeat((), count)), maxlen=0)
