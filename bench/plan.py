@@ -165,6 +165,7 @@ class Context:
     broker_pid: int | None = None
     settle_s: float = 20.0
     everything: bool = False  # --all: every contender on every workload
+    latency_rate: float | None = None  # --latency-rate: offered instead of half the own no-op rate
 
     def selected(self, run_id: str) -> bool:
         if not self.only:

@@ -143,7 +143,7 @@ def run_all(ctx: Context) -> None:
         for contender in selected:
             key = f"latency/{workload.name}/{contender.name}"
             try:
-                rate = 0.5 * reference_rate(ctx, workload, contender)
+                rate = ctx.latency_rate or 0.5 * reference_rate(ctx, workload, contender)
             except BenchError as exc:
                 ctx.failures.setdefault(key, []).append(str(exc))
                 continue
@@ -258,6 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="before each run, wait up to this long for other work on the machine to stop (default 20)",
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        metavar="RECORDS_PER_S",
+        help="latency runs offer this rate instead of half the contender's own no-op rate "
+        "(to compare commits at the same load)",
+    )
     parser.add_argument("--profiler", choices=("auto", "py-spy", "pyinstrument"), default="auto")
     parser.add_argument("--results", type=Path, default=common.RESULTS_PATH, help="markdown file to update")
     parser.add_argument(
@@ -313,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes=notes,
                 broker_pid=broker.pid,
                 settle_s=args.settle,
+                latency_rate=args.latency_rate,
             )
             run_all(ctx)
     finally:
