@@ -52,10 +52,6 @@ def key_run(keys: list[bytes | None], first: int = 0) -> Run:
     )
 
 
-def worker_of(key: bytes | None, workers: int) -> int:
-    return key_worker(key, workers)
-
-
 def result(wire: list[Any], ok: int, exceptions: list[list[Any]], status: Status = OK) -> list[Any]:
     """A key run's result: ``ok`` records handled fine, ``exceptions`` [index, status, ...]."""
     return [wire[R_SEQ], status, 0.0, None, None, summarize_durations([0.001] * ok), exceptions]
@@ -85,7 +81,7 @@ def test_a_key_run_is_split_by_target_worker_with_a_lane_per_record() -> None:
     for wid, items in batches.items():
         (wire,) = items
         assert wire[R_KIND] == KIND_RUN and len(wire) == len(RUN_FIELDS) + 1 == R_LANES + 1
-        assert all(worker_of(key, 2) == wid for key in wire[R_KEYS]), "a key always goes to its worker"
+        assert all(key_worker(key, 2) == wid for key in wire[R_KEYS]), "a key always goes to its worker"
         assert wire[R_OFFSETS] == sorted(wire[R_OFFSETS])
         for key, lane in zip(wire[R_KEYS], wire[R_LANES], strict=True):
             assert lane_of_key.setdefault(key, lane) == lane, "one lane id per key"
@@ -291,8 +287,8 @@ def test_key_worker_spreads_each_partitions_keys_evenly(partitions: int, workers
 def test_a_key_run_split_keeps_every_column_and_byte_of_each_record() -> None:
     d = make(workers=2)
     # One key alone on its worker (a part of one record), the others together.
-    lone = next(b"solo-%d" % i for i in range(100) if worker_of(b"solo-%d" % i, 2) == 1)
-    others = [b"many-%d" % i for i in range(100) if worker_of(b"many-%d" % i, 2) == 0][:5]
+    lone = next(b"solo-%d" % i for i in range(100) if key_worker(b"solo-%d" % i, 2) == 1)
+    others = [b"many-%d" % i for i in range(100) if key_worker(b"many-%d" % i, 2) == 0][:5]
     keys = [*others[:2], lone, *others[2:]]
     count = len(keys)
     run = Run(
@@ -319,7 +315,7 @@ def test_a_key_run_split_keeps_every_column_and_byte_of_each_record() -> None:
                 [("h", b"%d" % at)],
                 1000 + at,
             )
-            assert worker_of(part.keys[i], 2) == wid
+            assert key_worker(part.keys[i], 2) == wid
         assert part.size == sum(len(k) + len(v) for k, v in zip(part.keys, part.values, strict=True))
         sizes += part.size
     assert sorted(len(items[0][R_OFFSETS]) for items in batches.values()) == [1, count - 1]

@@ -627,7 +627,6 @@ class WorkerLoop:
         lanes: list[Any] | None = item[R_LANES] if len(item) > R_LANES else None
         handler = self.loaded.handler
         context = self.context
-        # The ContextVar's own set, not Platform.set_current_event: one Python call less per record.
         set_current_event = context.platform.current_event_setter()
         output_topic = self._output_topic
         output_headers = self._output_headers
